@@ -1,0 +1,137 @@
+"""Command line: `mnist-train train|evaluate`. Every flag also reads MNIST_TRAIN_<FLAG> from the environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable, NoReturn, Sequence
+
+from job.config import DATASETS, MODEL_NAMES, ConfigError, EvaluateConfig, TrainConfig, default_run_name
+
+ENV_PREFIX = "MNIST_TRAIN_"
+PROG = "mnist-train"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors are one line on stderr and exit code 2, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+def env_name(dest: str) -> str:
+    return ENV_PREFIX + dest.upper()
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true or false")
+
+
+def _models(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _optional(text: str) -> str | None:
+    return text or None
+
+
+def _add(
+    parser: argparse.ArgumentParser, flag: str, type_: Callable[[str], Any], default: Any, help_: str, **kw: Any
+) -> None:
+    """Add a flag whose default comes from its env-var twin; argparse runs string defaults through `type_`."""
+    dest = flag.lstrip("-").replace("-", "_")
+    env = env_name(dest)
+    if env in os.environ:
+        default = os.environ[env]
+    shown = "" if default is None else f" (default: {default})"
+    parser.add_argument(flag, dest=dest, type=type_, default=default, help=f"{help_}{shown} [env: {env}]", **kw)
+
+
+def _add_switch(parser: argparse.ArgumentParser, flag: str, help_: str) -> None:
+    dest = flag.lstrip("-").replace("-", "_")
+    env = env_name(dest)
+    try:
+        default = _bool(os.environ.get(env, "false"))
+    except argparse.ArgumentTypeError as err:
+        parser.error(f"{env}: {err}")
+    parser.add_argument(
+        flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=f"{help_} [env: {env}]"
+    )
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the tutorial models with Ray Train", description="Train the tutorial models "
+                       "data-parallel (MultiWorkerMirroredStrategy on Ray Train workers) and write results to --output.")
+    _add(p, "--models", _models, ",".join(MODEL_NAMES), f"comma-separated models to train, from {','.join(MODEL_NAMES)}")
+    _add(p, "--epochs", int, "10", "epochs per model")
+    _add(p, "--batch-size", int, "200", "global batch size, split evenly across workers")
+    _add(p, "--workers", int, "2", "number of Ray Train workers")
+    _add_switch(p, "--gpu", "give each worker one GPU")
+    _add(p, "--cpus-per-worker", float, "1", "CPUs reserved per worker")
+    _add(p, "--dataset", str, "mnist", f"built-in data set: {', '.join(DATASETS)}; mnist falls back to mnist-sample offline")
+    _add(p, "--data-uri", _optional, None, "an .npz or a folder of the four IDX .gz files (path, file://, s3://, gs://)")
+    _add(p, "--output", _optional, None, "where results and models go (path, file://, s3://, gs://); default ./artifacts/<run-name>")
+    _add(p, "--run-name", _optional, None, "name of this run, also used to resume it; default mnist-<UTC time>")
+    _add(p, "--seed", int, "7", "random seed")
+    _add(p, "--address", _optional, os.environ.get("RAY_ADDRESS"), "Ray cluster to join (RAY_ADDRESS also works); none starts a local one")
+    _add_switch(p, "--overwrite", "replace a finished run at --output")
+    _add(p, "--metrics-port", int, "0", "serve Prometheus /metrics on each worker at this port, or the next free one (logged); 0 = off")
+    _add(p, "--pushgateway", _optional, None, "Prometheus Pushgateway URL to push metrics to after every epoch")
+    _add(p, "--max-failures", int, "2", "worker-group restarts Ray Train may do before the run fails (-1 = no limit)")
+    _add(p, "--steps-per-execution", int, "1", "training steps per tf.function call (higher is faster on CPU)")
+    _add(p, "--start-timeout", float, "120", "seconds to wait for Ray to place the workers before giving up")
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="print a saved model's test error", description="Load a saved model "
+                       "(a model.keras file or a run's <model>/ folder) and print its error on a data set's test set.")
+    _add(p, "--model-uri", _optional, None, "model.keras file or folder holding it (path, file://, s3://, gs://)")
+    _add(p, "--dataset", str, "mnist", f"built-in data set: {', '.join(DATASETS)}")
+    _add(p, "--data-uri", _optional, None, "an .npz or a folder of IDX .gz files")
+    _add(p, "--batch-size", int, "1000", "evaluation batch size")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Train the Keras MNIST tutorial models as a distributed Ray Train job.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate}", parser_class=_Parser)
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    return parser
+
+
+def parse(argv: Sequence[str] | None = None) -> TrainConfig | EvaluateConfig:
+    """Parse flags and env vars into one validated config; bad input exits 2 with one line on stderr."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    command = args.pop("command")
+    try:
+        if command == "evaluate":
+            if not args["model_uri"]:
+                raise ConfigError("--model-uri is required; point it at a model.keras file or a run's <model>/ folder")
+            return EvaluateConfig(**args)
+        args["run_name"] = args["run_name"] or default_run_name()
+        args["output"] = args["output"] or os.path.join("artifacts", args["run_name"])
+        return TrainConfig(**args)
+    except ConfigError as err:
+        parser.exit(2, f"{PROG}: error: {err}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse(argv)
+    if isinstance(config, EvaluateConfig):
+        from job import evaluate
+
+        return evaluate.run(config)
+    from job import train
+
+    return train.run(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

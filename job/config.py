@@ -1,0 +1,119 @@
+"""The run's configuration: one frozen object per command, validated once, passed unchanged to every worker."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+MODEL_NAMES = ("mlp", "cnn", "large_cnn")
+DATASETS = ("mnist", "mnist-sample", "fashion_mnist")
+URI_SCHEMES = ("file", "s3", "gs")
+MAX_EPOCHS = 1000
+MAX_WORKERS = 1024
+_RUN_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+
+
+class ConfigError(ValueError):
+    """A bad user input. The message is one line that says what is wrong and how to fix it."""
+
+
+def default_run_name() -> str:
+    return "mnist-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def check_uri(uri: str, what: str) -> str:
+    """Accept a local path or a file://, s3:// or gs:// URI; reject other schemes."""
+    if not uri:
+        raise ConfigError(f"{what} is empty; give a local path or a file://, s3:// or gs:// URI")
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", uri)
+    if match and match.group(1).lower() not in URI_SCHEMES:
+        raise ConfigError(
+            f"{what} {uri!r} has the unsupported scheme '{match.group(1)}://'; "
+            "use a local path, file://, s3:// or gs://"
+        )
+    if match and not uri[match.end() :].strip("/"):
+        raise ConfigError(f"{what} {uri!r} names no bucket or path; write it as s3://bucket/prefix")
+    return uri
+
+
+def _check_range(name: str, value: float, low: float, high: float, hint: str = "") -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {value:g}{hint}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    models: tuple[str, ...] = MODEL_NAMES
+    epochs: int = 10
+    batch_size: int = 200
+    workers: int = 2
+    gpu: bool = False
+    cpus_per_worker: float = 1.0
+    dataset: str = "mnist"
+    data_uri: str | None = None
+    output: str = ""
+    run_name: str = field(default_factory=default_run_name)
+    seed: int = 7
+    address: str | None = None
+    overwrite: bool = False
+    metrics_port: int = 0
+    pushgateway: str | None = None
+    max_failures: int = 2
+    steps_per_execution: int = 1
+    start_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError(f"--models is empty; pick from {','.join(MODEL_NAMES)}")
+        for name in self.models:
+            if name not in MODEL_NAMES:
+                raise ConfigError(f"unknown model {name!r} in --models; pick from {','.join(MODEL_NAMES)}")
+        if len(set(self.models)) != len(self.models):
+            raise ConfigError(f"--models lists a model twice: {','.join(self.models)}")
+        _check_range("--epochs", self.epochs, 1, MAX_EPOCHS)
+        _check_range("--workers", self.workers, 1, MAX_WORKERS)
+        _check_range("--batch-size", self.batch_size, 1, 1_000_000)
+        if self.batch_size % self.workers:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} does not split evenly over {self.workers} workers; "
+                f"use a multiple of {self.workers} (the batch size is global, shared by all workers)"
+            )
+        _check_range("--cpus-per-worker", self.cpus_per_worker, 0.1, 512)
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown --dataset {self.dataset!r}; pick from {', '.join(DATASETS)} or give --data-uri")
+        if self.data_uri is not None:
+            check_uri(self.data_uri, "--data-uri")
+        check_uri(self.output, "--output")
+        if not _RUN_NAME.match(self.run_name):
+            raise ConfigError(
+                f"--run-name {self.run_name!r} is not valid; use 1-63 lowercase letters, digits, '.', '_' or '-', "
+                "starting and ending with a letter or digit"
+            )
+        _check_range("--seed", self.seed, 0, 2**31 - 1)
+        _check_range("--metrics-port", self.metrics_port, 0, 65535, " (0 turns the /metrics server off)")
+        if self.pushgateway is not None and not re.match(r"^https?://[^/\s]+", self.pushgateway):
+            raise ConfigError(f"--pushgateway {self.pushgateway!r} is not an http(s) URL; write it as http://host:9091")
+        _check_range("--max-failures", self.max_failures, -1, 1000, " (-1 retries forever)")
+        _check_range("--steps-per-execution", self.steps_per_execution, 1, 10_000)
+        _check_range("--start-timeout", self.start_timeout, 1, 86_400)
+
+    @property
+    def per_worker_batch(self) -> int:
+        return self.batch_size // self.workers
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    model_uri: str
+    dataset: str = "mnist"
+    data_uri: str | None = None
+    batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        check_uri(self.model_uri, "--model-uri")
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown --dataset {self.dataset!r}; pick from {', '.join(DATASETS)} or give --data-uri")
+        if self.data_uri is not None:
+            check_uri(self.data_uri, "--data-uri")
+        _check_range("--batch-size", self.batch_size, 1, 1_000_000)
