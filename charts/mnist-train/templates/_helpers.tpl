@@ -1,0 +1,182 @@
+{{/* Chart name, truncated to fit label values. */}}
+{{- define "mnist-train.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name. KubeRay derives the RayCluster, Service and submitter Job names from the RayJob name and
+adds a suffix, so it stays at 40 characters to keep every derived name under the 63-character limit.
+*/}}
+{{- define "mnist-train.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "mnist-train.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels that select this release's pods. */}}
+{{- define "mnist-train.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mnist-train.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Standard labels for every object. */}}
+{{- define "mnist-train.labels" -}}
+helm.sh/chart: {{ include "mnist-train.chart" . }}
+{{ include "mnist-train.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: mnist-train
+{{- end }}
+
+{{/* Run name: train.runName, or the release name. */}}
+{{- define "mnist-train.runName" -}}
+{{- default .Release.Name .Values.train.runName }}
+{{- end }}
+
+{{/* Where this run's results land: <outputBase>/<runName>. */}}
+{{- define "mnist-train.output" -}}
+{{- printf "%s/%s" (trimSuffix "/" .Values.train.outputBase) (include "mnist-train.runName" .) }}
+{{- end }}
+
+{{/* Image reference; the default tag follows the GPU switch. */}}
+{{- define "mnist-train.image" -}}
+{{- $flavor := ternary "gpu" "cpu" .Values.gpu.enabled }}
+{{- $tag := default (printf "%s-%s" .Chart.AppVersion $flavor) .Values.image.tag }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+
+{{/*
+Checks that span several values, which values.schema.json cannot express. Each fails the render with one clear line.
+*/}}
+{{- define "mnist-train.validate" -}}
+{{- $t := .Values.train }}
+{{- if mod (int $t.batchSize) (int $t.workers) }}
+{{- fail (printf "train.batchSize %d does not split evenly over train.workers %d; use a multiple of %d" (int $t.batchSize) (int $t.workers) (int $t.workers)) }}
+{{- end }}
+{{- if and (not .Values.rayJob.shutdownAfterJobFinishes) .Values.rayJob.ttlSecondsAfterFinished }}
+{{- fail "rayJob.ttlSecondsAfterFinished needs rayJob.shutdownAfterJobFinishes: true (there is no cluster to delete otherwise); set it to 0" }}
+{{- end }}
+{{- if and .Values.metrics.podMonitor.enabled (eq (int $t.metricsPort) 8080) }}
+{{- fail "train.metricsPort 8080 collides with Ray's own metrics port; pick another, e.g. 9400" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The job's CLI call: every value in `train` becomes its flag, each argument shell-quoted. `job.cli.parse` of this
+line gives back exactly these values (a chart test checks it).
+*/}}
+{{- define "mnist-train.entrypoint" -}}
+{{- $t := .Values.train }}
+{{- $args := list "python" "-m" "job" "train" }}
+{{- $args = concat $args (list "--models" (join "," $t.models)) }}
+{{- $args = concat $args (list "--epochs" (toString (int $t.epochs)) "--batch-size" (toString (int $t.batchSize))) }}
+{{- $args = concat $args (list "--workers" (toString (int $t.workers)) "--cpus-per-worker" (toString $t.cpusPerWorker)) }}
+{{- $args = append $args (ternary "--gpu" "--no-gpu" .Values.gpu.enabled) }}
+{{- $args = concat $args (list "--dataset" $t.dataset) }}
+{{- if $t.dataUri }}
+{{- $args = concat $args (list "--data-uri" $t.dataUri) }}
+{{- end }}
+{{- $args = concat $args (list "--output" (include "mnist-train.output" .) "--run-name" (include "mnist-train.runName" .)) }}
+{{- $args = concat $args (list "--seed" (toString (int $t.seed))) }}
+{{- $args = append $args (ternary "--overwrite" "--no-overwrite" $t.overwrite) }}
+{{- $args = concat $args (list "--metrics-port" (toString (int $t.metricsPort))) }}
+{{- if .Values.metrics.pushgatewayUrl }}
+{{- $args = concat $args (list "--pushgateway" .Values.metrics.pushgatewayUrl) }}
+{{- end }}
+{{- $args = concat $args (list "--max-failures" (toString (int $t.maxFailures))) }}
+{{- $args = concat $args (list "--steps-per-execution" (toString (int $t.stepsPerExecution))) }}
+{{- $args = concat $args (list "--start-timeout" (toString $t.startTimeout)) }}
+{{- $quoted := list }}
+{{- range $args }}
+{{- $quoted = append $quoted (include "mnist-train.shellQuote" .) }}
+{{- end }}
+{{- join " " $quoted }}
+{{- end }}
+
+{{/* POSIX shell quoting: safe words stay bare, anything else goes in single quotes with ' written as '\''. */}}
+{{- define "mnist-train.shellQuote" -}}
+{{- if regexMatch "^[A-Za-z0-9_./:=,+@%-]+$" . }}
+{{- . }}
+{{- else }}
+{{- printf "'%s'" (replace "'" "'\\''" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Environment shared by the Ray containers and the test pod: Keras 2 (tf-keras) and object-storage access. */}}
+{{- define "mnist-train.env" -}}
+- name: TF_USE_LEGACY_KERAS
+  value: "1"
+- name: PYTHONUNBUFFERED
+  value: "1"
+{{- with .Values.storage }}
+{{- if .existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .secretAccessKeyKey }}
+{{- end }}
+{{- if .endpointUrl }}
+- name: AWS_ENDPOINT_URL
+  value: {{ .endpointUrl | quote }}
+{{- end }}
+{{- if .region }}
+- name: AWS_REGION
+  value: {{ .region | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-level security: seccomp RuntimeDefault, the image's non-root ray user (uid 1000, group users 100). */}}
+{{- define "mnist-train.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 1000
+runAsGroup: 100
+fsGroup: 100
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/*
+Container security. Ray writes its session files under /tmp and the runtime_env under the home directory, so the
+root filesystem stays writable; everything else is locked down.
+*/}}
+{{- define "mnist-train.securityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Pod spec fields shared by every pod of the release. */}}
+{{- define "mnist-train.podCommon" -}}
+{{- with .Values.serviceAccountName }}
+serviceAccountName: {{ . }}
+{{- end }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+securityContext:
+  {{- include "mnist-train.podSecurityContext" . | nindent 2 }}
+{{- end }}
