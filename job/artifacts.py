@@ -1,0 +1,171 @@
+"""The run's outputs under --output: models, histories, curves, and results.json, which is written last.
+
+results.json exists only for a finished run, so its presence means "complete".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from job import __version__, storage
+from job.config import ConfigError, TrainConfig
+from job.data import Dataset
+from job.models import DISPLAY_NAMES
+
+RESULTS = "results.json"
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_second")
+
+
+def prepare_output(config: TrainConfig) -> None:
+    """Refuse to clobber a finished run; with --overwrite, clear what an earlier run wrote; then probe writability."""
+    results = storage.join(config.output, RESULTS)
+    if storage.exists(results):
+        if not config.overwrite:
+            raise ConfigError(
+                f"{storage.redact(config.output)} already holds a finished run ({RESULTS}); "
+                "pass --overwrite to replace it, or choose another --output"
+            )
+        for part in (RESULTS, "checkpoints", "curves.png", *config.models):
+            storage.delete(storage.join(config.output, part))
+    storage.probe_writable(config.output)
+
+
+def write(config: TrainConfig, dataset: Dataset, checkpoint: Path, started: float) -> dict[str, Any]:
+    """Upload models, histories and curves from the final checkpoint, then results.json."""
+    from job.worker import RunState
+
+    state = RunState.load(checkpoint)
+    missing = [name for name in config.models if name not in state.finished]
+    if missing:
+        raise RuntimeError(f"the final checkpoint lacks finished models: {', '.join(missing)}")
+    staging = Path(tempfile.mkdtemp(prefix="mnist-artifacts-"))
+    models = {}
+    for name in config.models:
+        models[name] = _stage_model(name, checkpoint, staging, state.finished[name])
+    _plot_curves({name: m["history"] for name, m in models.items()}, staging / "curves.png")
+    storage.upload_dir(staging, config.output)
+    results = _results(config, dataset, models, started)
+    storage.write_bytes(storage.join(config.output, RESULTS), json.dumps(results, indent=2).encode())
+    return results
+
+
+def _stage_model(name: str, checkpoint: Path, staging: Path, finished: dict[str, Any]) -> dict[str, Any]:
+    import tf_keras
+
+    folder = staging / name
+    folder.mkdir(parents=True)
+    (folder / "model.keras").write_bytes((checkpoint / name / "model.keras").read_bytes())
+    model = tf_keras.models.load_model(folder / "model.keras")
+    with contextlib.redirect_stdout(io.StringIO()):  # export() prints every captured tensor
+        model.export(str(folder / "saved_model"))
+    (folder / "history.csv").write_text(history_csv(finished["history"]))
+    return {
+        "test_error": finished["test_error"],
+        "test_error_percent": round(finished["test_error"] * 100, 4),
+        "test_loss": finished["test_loss"],
+        "params": int(model.count_params()),
+        "train_seconds": finished["train_seconds"],
+        "history": finished["history"],
+    }
+
+
+def history_csv(history: list[dict[str, float]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    return out.getvalue()
+
+
+def _plot_curves(histories: dict[str, list[dict[str, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(histories), figsize=(4.5 * len(histories), 6.5), squeeze=False)
+    for col, (name, history) in enumerate(histories.items()):
+        epochs = [r["epoch"] for r in history]
+        for row, metric in enumerate(("loss", "accuracy")):
+            ax = axes[row][col]
+            ax.plot(epochs, [r[metric] for r in history], "o-", label="train")
+            ax.plot(epochs, [r[f"val_{metric}"] for r in history], "s--", label="validation")
+            ax.set_title(f"{DISPLAY_NAMES[name]}: {metric}")
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _results(config: TrainConfig, dataset: Dataset, models: dict, started: float) -> dict[str, Any]:
+    finished = time.time()
+    return {
+        "run_name": config.run_name,
+        "status": "succeeded",
+        "started_at": _iso(started),
+        "finished_at": _iso(finished),
+        "wall_seconds": round(finished - started, 3),
+        "dataset": dataset.describe(),
+        "workers": config.workers,
+        "gpu": config.gpu,
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "config": {k: storage.redact(v) if isinstance(v, str) else v for k, v in asdict(config).items()},
+        "versions": versions(),
+        "git_sha": git_sha(),
+        "models": models,
+    }
+
+
+def versions() -> dict[str, str]:
+    import ray
+    import tensorflow as tf
+    import tf_keras
+
+    return {"mnist_train": __version__, "tensorflow": tf.__version__, "tf_keras": tf_keras.__version__,
+            "ray": ray.__version__, "python": platform.python_version()}
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    """The tutorial's closing lines, then one table for all models."""
+    rows = results["models"]
+    print()
+    for name, m in rows.items():
+        print(f"{DISPLAY_NAMES[name]} error: {m['test_error_percent']:.2f}%")
+    print(f"\n{'model':<11} {'test error':>10} {'test loss':>10} {'params':>9} {'epochs':>6} {'train s':>8} "
+          f"{'s/epoch':>8}")
+    for name, m in rows.items():
+        epochs = len(m["history"])
+        print(f"{name:<11} {m['test_error_percent']:>9.2f}% {m['test_loss']:>10.4f} {m['params']:>9,} {epochs:>6} "
+              f"{m['train_seconds']:>8.1f} {m['train_seconds'] / epochs:>8.2f}")
+    ds = results["dataset"]
+    print(f"\ndata {ds['name']} ({ds['train_samples']} train / {ds['test_samples']} test), {results['workers']} "
+          f"{'GPU' if results['gpu'] else 'CPU'} workers, wall {results['wall_seconds']:.1f}s")
+    print(f"results: {storage.join(results['config']['output'], RESULTS)}")

@@ -1,0 +1,155 @@
+"""Every read and write of a path or URI (local, file://, s3://, gs://) goes through pyarrow.fs.
+
+tf.io.gfile has no s3:// in TF 2.21, so models are saved to a local temp dir and uploaded from there.
+Writes retry with bounded exponential backoff; a file written by `write_bytes` appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+log = logging.getLogger(__name__)
+
+RETRY_ATTEMPTS = int(os.environ.get("MNIST_TRAIN_STORAGE_RETRIES", "4"))
+
+
+class StorageError(RuntimeError):
+    """A read or write that failed for good; the message names the URI (without credentials)."""
+
+
+def redact(uri: str) -> str:
+    """Drop user:password@ from a URI so it can be logged."""
+    return re.sub(r"^([a-z0-9+.-]+://)[^/@]*@", r"\1", uri, flags=re.I)
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and the path inside it for a local path or a URI."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError...; all mean the same to the user
+        raise StorageError(f"cannot open {redact(uri)}: {_reason(err)}") from None
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def _reason(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _retrying(what: str):
+    return retry(
+        retry=retry_if_exception_type(OSError),
+        stop=stop_after_attempt(RETRY_ATTEMPTS),
+        wait=wait_exponential(multiplier=0.5, max=8),
+        before_sleep=lambda state: log.warning(
+            "%s failed (attempt %d/%d): %s; retrying", what, state.attempt_number, RETRY_ATTEMPTS,
+            _reason(state.outcome.exception()),
+        ),
+        reraise=True,
+    )
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError as err:
+        raise StorageError(f"cannot read {redact(uri)}: {_reason(err)}") from None
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    try:
+        with fs.open_input_stream(path, compression=None) as stream:
+            return stream.read()
+    except FileNotFoundError:
+        raise StorageError(f"{redact(uri)} does not exist; check the path") from None
+    except OSError as err:
+        raise StorageError(f"cannot read {redact(uri)}: {_reason(err)}") from None
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file: a local file is written beside and renamed; an object PUT is atomic by itself."""
+    fs, path = resolve(uri)
+
+    @_retrying(f"writing {redact(uri)}")
+    def attempt() -> None:
+        target = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if isinstance(fs, pafs.LocalFileSystem) else path
+        fs.create_dir(os.path.dirname(path), recursive=True)
+        with fs.open_output_stream(target, compression=None) as stream:
+            stream.write(data)
+        if target != path:
+            fs.move(target, path)
+
+    try:
+        attempt()
+    except OSError as err:
+        raise StorageError(f"cannot write {redact(uri)} after {RETRY_ATTEMPTS} attempts: {_reason(err)}") from None
+
+
+def delete(uri: str) -> None:
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def upload_dir(local_dir: str | Path, uri: str) -> None:
+    """Copy a local folder's files to `uri`, file by file, each with retries."""
+    root = Path(local_dir)
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        write_bytes(join(uri, file.relative_to(root).as_posix()), file.read_bytes())
+
+
+def download(uri: str, local: str | Path) -> Path:
+    """Copy a file or folder at `uri` to the local path `local`."""
+    fs, path = resolve(uri)
+    local = Path(local)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise StorageError(f"{redact(uri)} does not exist; check the path")
+    try:
+        if info.type == pafs.FileType.Directory:
+            local.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        else:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(read_bytes(uri))
+    except OSError as err:
+        raise StorageError(f"cannot download {redact(uri)}: {_reason(err)}") from None
+    return local
+
+
+def probe_writable(uri: str) -> None:
+    """Fail early, before training, when the output cannot be written (missing bucket, wrong credentials, read-only)."""
+    probe = join(uri, f".write-probe-{uuid.uuid4().hex[:8]}")
+    fs, path = resolve(probe)
+    try:
+        fs.create_dir(os.path.dirname(path), recursive=True)
+        with fs.open_output_stream(path) as stream:
+            stream.write(b"ok")
+        fs.delete_file(path)
+    except OSError as err:
+        raise StorageError(f"--output {redact(uri)} is not writable: {_reason(err)}") from None
