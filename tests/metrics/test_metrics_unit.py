@@ -1,0 +1,269 @@
+"""job.metrics without Ray: the callback on a tiny tf_keras model, /metrics, promtool, ports, real Pushgateway."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tf_keras
+from prometheus_client.parser import text_string_to_metric_families
+from promlib import Prometheus, Server, binary, free_port, free_port_range, http_get
+
+from job import dashboard, metrics
+from job.config import TrainConfig
+
+RUN = "unit-run"
+
+
+def make_config(tmp_path: Path, **kw) -> TrainConfig:
+    return TrainConfig(
+        **{"output": str(tmp_path / "out"), "run_name": RUN, "models": ("mlp", "cnn"), "epochs": 3, **kw}
+    )
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """{sorted label items: value} of one metric family in exposition text."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                found[tuple(sorted(s.labels.items()))] = s.value
+    return found
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    matches = [v for k, v in samples(text, name).items() if labels.items() <= dict(k).items()]
+    assert len(matches) == 1, f"{name}{labels}: {len(matches)} matching samples in\n{text}"
+    return matches[0]
+
+
+def fit_tiny_model(callback: tf_keras.callbacks.Callback, epochs: int) -> list[dict[str, float]]:
+    """Fit epoch by epoch like job/worker.py does; return each epoch's logs."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 4), dtype=np.float32), rng.integers(0, 3, 64)
+    model = tf_keras.Sequential([tf_keras.layers.Input((4,)), tf_keras.layers.Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = []
+    for epoch in range(epochs):
+        fit = model.fit(x, y, validation_data=(x[:16], y[:16]), batch_size=16, initial_epoch=epoch, epochs=epoch + 1,
+                        callbacks=[callback], verbose=0)  # fmt: skip
+        history.append({k: float(v[-1]) for k, v in fit.history.items()})
+    return history
+
+
+@pytest.fixture
+def chief(tmp_path: Path):
+    exporter = metrics.WorkerMetrics(make_config(tmp_path, metrics_port=free_port()), 0, 2, "mnist-sample")
+    yield exporter
+    exporter.close()
+
+
+def scrape(exporter: metrics.WorkerMetrics) -> str:
+    return http_get(f"http://127.0.0.1:{exporter.port}/metrics").decode()
+
+
+def test_callback_exports_every_epoch_of_a_real_fit(chief: metrics.WorkerMetrics) -> None:
+    history = fit_tiny_model(chief.callback("mlp", samples_per_epoch=64), epochs=3)
+    text = scrape(chief)
+    for epoch, logs in enumerate(history, start=1):
+        for split, (loss_key, acc_key) in metrics.SPLIT_KEYS.items():
+            labels = {"model": "mlp", "split": split, "epoch": str(epoch), "run": RUN, "rank": "0"}
+            assert value(text, "mnist_train_epoch_loss", **labels) == logs[loss_key]
+            assert value(text, "mnist_train_epoch_accuracy_ratio", **labels) == logs[acc_key]
+        assert value(text, "mnist_train_epoch_duration_seconds", model="mlp", epoch=str(epoch)) > 0
+    assert value(text, "mnist_train_epochs_completed", model="mlp") == 3
+    assert value(text, "mnist_train_epochs_planned", model="mlp") == 3
+    assert value(text, "mnist_train_samples_total", model="mlp", rank="0") == 3 * 64
+    assert value(text, "mnist_train_samples_per_second", model="mlp", rank="0") > 0
+
+
+def test_info_start_time_and_test_results(chief: metrics.WorkerMetrics) -> None:
+    chief.record_test("cnn", test_loss=0.03, test_error=0.0101)
+    text = scrape(chief)
+    info = dict(next(iter(samples(text, "mnist_train_info"))))
+    assert info | {"dataset": "mnist-sample", "workers": "2", "gpu": "false", "run": RUN, "rank": "0"} == info
+    assert {"tensorflow_version", "tf_keras_version", "ray_version", "python_version", "version"} <= info.keys()
+    assert abs(value(text, "mnist_train_run_start_timestamp_seconds") - time.time()) < 60
+    assert value(text, "mnist_train_test_error_ratio", model="cnn") == 0.0101
+    assert value(text, "mnist_train_test_loss", model="cnn") == 0.03
+
+
+def test_non_chief_exports_throughput_but_not_the_global_loss(tmp_path: Path) -> None:
+    worker = metrics.WorkerMetrics(make_config(tmp_path, metrics_port=free_port()), 1, 2, "mnist-sample")
+    try:
+        callback = worker.callback("cnn", samples_per_epoch=500)
+        callback.on_epoch_begin(0)
+        time.sleep(0.05)
+        callback.on_epoch_end(0, {"loss": 0.5, "accuracy": 0.8, "val_loss": 0.6, "val_accuracy": 0.7})
+        text = scrape(worker)
+    finally:
+        worker.close()
+    assert samples(text, "mnist_train_epoch_loss") == {}
+    assert samples(text, "mnist_train_epoch_duration_seconds") == {}
+    rate = value(text, "mnist_train_samples_per_second", model="cnn", rank="1")
+    assert 500 / 10 < rate < 500 / 0.05  # 500 samples in a bit more than 50 ms
+    assert value(text, "mnist_train_epochs_completed", model="cnn", rank="1") == 1
+
+
+def test_promtool_finds_nothing_to_complain_about(chief: metrics.WorkerMetrics) -> None:
+    fit_tiny_model(chief.callback("mlp", samples_per_epoch=64), epochs=2)
+    chief.record_test("mlp", 0.1, 0.02)
+    text = scrape(chief)
+    assert "mnist_train_epoch_loss{" in text
+    lint = subprocess.run([binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
+    assert (lint.returncode, lint.stdout, lint.stderr) == (0, "", "")
+
+
+def test_port_in_use_takes_the_next_free_port(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    base = free_port_range(3)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", base))
+        busy.listen()
+        caplog.set_level(logging.INFO, logger="job.metrics")
+        exporters = [metrics.WorkerMetrics(make_config(tmp_path, metrics_port=base), r, 2, "x") for r in (0, 1)]
+        try:
+            assert [e.port for e in exporters] == [base + 1, base + 2]
+            for rank, exporter in enumerate(exporters):
+                assert f'rank="{rank}"' in scrape(exporter)
+                assert f"rank {rank}: serving /metrics on :{base + 1 + rank}" in caplog.messages
+        finally:
+            for exporter in exporters:
+                exporter.close()
+
+
+def test_port_zero_serves_nothing_and_close_frees_the_port(tmp_path: Path) -> None:
+    off = metrics.WorkerMetrics(make_config(tmp_path), 0, 1, "x")
+    assert off.port is None
+    off.close()
+    port = free_port()
+    on = metrics.WorkerMetrics(make_config(tmp_path, metrics_port=port), 0, 1, "x")
+    assert on.port == port
+    on.close()
+    on.close()
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", port))  # fails if the server still holds it
+
+
+def gateway_text(gateway: Server) -> str:
+    return http_get(gateway.url + "/metrics").decode()
+
+
+def test_each_epoch_is_pushed_under_job_run_model_rank(tmp_path: Path, pushgateway: Server) -> None:
+    workers = [metrics.WorkerMetrics(make_config(tmp_path, pushgateway=pushgateway.url), r, 2, "x") for r in (0, 1)]
+    for worker in workers:
+        callback = worker.callback("mlp", samples_per_epoch=100)
+        callback.on_epoch_begin(0)
+        callback.on_epoch_end(0, {"loss": 0.25, "accuracy": 0.5, "val_loss": 0.3, "val_accuracy": 0.4})
+    text = gateway_text(pushgateway)
+    group = {"job": "mnist-train", "run": RUN, "model": "mlp"}
+    assert value(text, "mnist_train_epoch_loss", **group, rank="0", split="val", epoch="1") == 0.3
+    for rank in ("0", "1"):  # ranks do not overwrite each other
+        assert value(text, "mnist_train_samples_total", **group, rank=rank) == 100
+        assert value(text, "mnist_train_info", job="mnist-train", run=RUN, rank=rank) == 1
+    assert value(text, "push_failure_time_seconds", **group, rank="0") == 0
+    workers[0].record_test("mlp", 0.2, 0.05)
+    assert value(gateway_text(pushgateway), "mnist_train_test_error_ratio", **group, rank="0") == 0.05
+
+
+def push_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "push to Pushgateway" in r.msg]
+
+
+def recoveries(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "recovered" in r.msg]
+
+
+def epoch_end(callback: metrics.EpochMetrics, epoch: int) -> None:
+    callback.on_epoch_begin(epoch)
+    callback.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1), "accuracy": 0.5})
+
+
+def test_outage_logs_one_warning_per_outage_and_recovers(
+    tmp_path: Path, pushgateway: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="job.metrics")
+    worker = metrics.WorkerMetrics(make_config(tmp_path, pushgateway=pushgateway.url), 0, 1, "x")
+    callback = worker.callback("mlp", samples_per_epoch=10)
+    epoch_end(callback, 0)
+    for outage in (1, 2):
+        pushgateway.stop()
+        for epoch in range(3):
+            epoch_end(callback, epoch)  # training goes on: nothing raises
+        assert len(push_warnings(caplog)) == outage
+        assert "rank 0: push to Pushgateway" in push_warnings(caplog)[-1]
+        pushgateway.start()
+        assert len(recoveries(caplog)) == outage - 1
+        epoch_end(callback, 2)
+        assert len(recoveries(caplog)) == outage
+        assert "after 3 failed attempt(s)" in recoveries(caplog)[-1]
+    assert len(push_warnings(caplog)) == 2
+    worker.close()
+    text = gateway_text(pushgateway)  # the restarted gateway has the state again (it keeps nothing across restarts)
+    assert value(text, "mnist_train_epoch_loss", epoch="3", split="train", rank="0") == pytest.approx(1 / 3)
+
+
+def test_driver_pushes_the_run_outcome(tmp_path: Path, pushgateway: Server) -> None:
+    config = make_config(tmp_path, pushgateway=pushgateway.url)
+    results = {"mlp": (0.07, 0.021), "cnn": (0.03, 0.0101)}
+    assert metrics.push_run_end(config, "succeeded", results, started_at=1000.0, finished_at=1090.5)
+    text = gateway_text(pushgateway)
+    run = {"job": "mnist-train", "run": RUN}
+    assert value(text, "mnist_train_run_status", **run, status="succeeded") == 1
+    assert value(text, "mnist_train_run_status", **run, status="failed") == 0
+    assert value(text, "mnist_train_run_start_timestamp_seconds", **run) == 1000.0
+    assert value(text, "mnist_train_run_end_timestamp_seconds", **run) == 1090.5
+    assert value(text, "mnist_train_last_success_timestamp_seconds", **run) == 1090.5
+    for model, (loss, error) in results.items():
+        assert value(text, "mnist_train_test_error_ratio", **run, model=model) == error
+        assert value(text, "mnist_train_test_loss", **run, model=model) == loss
+
+
+def test_a_failed_run_pushes_failed_and_no_success_time(tmp_path: Path, pushgateway: Server) -> None:
+    config = make_config(tmp_path, pushgateway=pushgateway.url)
+    assert metrics.push_run_end(config, "failed", {}, started_at=1000.0, finished_at=1001.0)
+    text = gateway_text(pushgateway)
+    assert value(text, "mnist_train_run_status", status="failed") == 1
+    assert value(text, "mnist_train_run_status", status="succeeded") == 0
+    assert samples(text, "mnist_train_last_success_timestamp_seconds") == {}
+
+
+def test_driver_push_to_a_dead_gateway_warns_once_and_does_not_raise(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(tmp_path, pushgateway=f"http://127.0.0.1:{free_port()}")
+    assert metrics.push_run_end(config, "succeeded", {"mlp": (0.1, 0.02)}, 1.0, 2.0) is False
+    assert len(push_warnings(caplog)) == 1 and push_warnings(caplog)[0].startswith("driver: ")
+    assert metrics.push_run_end(make_config(tmp_path), "succeeded", {}, 1.0, 2.0) is True  # no --pushgateway: no-op
+
+
+def loss_panel_query() -> str:
+    panel = next(p for p in dashboard.build()["panels"] if p.get("title") == "Loss per epoch")
+    return panel["targets"][0]["expr"]
+
+
+def test_epochs_shorter_than_the_scrape_interval_all_reach_prometheus(
+    tmp_path: Path, prometheus_factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ten epochs end between two scrapes; the dashboard's loss query still returns every one of them."""
+    port = free_port()
+    prom: Prometheus = prometheus_factory(
+        [{"job_name": "mnist-train", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}]
+    )
+    worker = metrics.WorkerMetrics(make_config(tmp_path, metrics_port=port, epochs=10), 0, 1, "x")
+    try:
+        callback = worker.callback("mlp", samples_per_epoch=10)
+        for epoch in range(10):
+            epoch_end(callback, epoch)  # all within a few milliseconds, far below the 1 s scrape interval
+        expr = loss_panel_query().replace("$namespace", ".*").replace("$job", ".*").replace("$run", RUN)
+        expr = expr.replace("$model", "mlp").replace("$__range", "5m")
+        result = prom.wait_for(expr, lambda r: len(r) == 10)
+    finally:
+        worker.close()
+    by_epoch = {int(r["metric"]["epoch"]): float(r["value"][1]) for r in result}
+    assert by_epoch == {e: pytest.approx(1.0 / e) for e in range(1, 11)}
+    assert {r["metric"]["series"] for r in result} == {"mlp train"}
