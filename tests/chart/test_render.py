@@ -94,7 +94,7 @@ def expected_config(values: dict[str, Any]) -> TrainConfig:
         output=f"{t['outputBase'].rstrip('/')}/{run_name}",
         run_name=run_name,
         seed=t["seed"],
-        address=None,
+        address="auto",  # the driver joins the RayJob's cluster
         overwrite=t["overwrite"],
         metrics_port=t["metricsPort"],
         pushgateway=values["metrics"]["pushgatewayUrl"] or None,
