@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -136,21 +136,27 @@ def versions() -> dict[str, str]:
     import tensorflow as tf
     import tf_keras
 
-    return {"mnist_train": __version__, "tensorflow": tf.__version__, "tf_keras": tf_keras.__version__,
-            "ray": ray.__version__, "python": platform.python_version()}
+    return {
+        "mnist_train": __version__,
+        "tensorflow": tf.__version__,
+        "tf_keras": tf_keras.__version__,
+        "ray": ray.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def git_sha() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def print_summary(results: dict[str, Any]) -> None:
@@ -159,13 +165,19 @@ def print_summary(results: dict[str, Any]) -> None:
     print()
     for name, m in rows.items():
         print(f"{DISPLAY_NAMES[name]} error: {m['test_error_percent']:.2f}%")
-    print(f"\n{'model':<11} {'test error':>10} {'test loss':>10} {'params':>9} {'epochs':>6} {'train s':>8} "
-          f"{'s/epoch':>8}")
+    print(
+        f"\n{'model':<11} {'test error':>10} {'test loss':>10} {'params':>9} {'epochs':>6} {'train s':>8} "
+        f"{'s/epoch':>8}"
+    )
     for name, m in rows.items():
         epochs = len(m["history"])
-        print(f"{name:<11} {m['test_error_percent']:>9.2f}% {m['test_loss']:>10.4f} {m['params']:>9,} {epochs:>6} "
-              f"{m['train_seconds']:>8.1f} {m['train_seconds'] / epochs:>8.2f}")
+        print(
+            f"{name:<11} {m['test_error_percent']:>9.2f}% {m['test_loss']:>10.4f} {m['params']:>9,} {epochs:>6} "
+            f"{m['train_seconds']:>8.1f} {m['train_seconds'] / epochs:>8.2f}"
+        )
     ds = results["dataset"]
-    print(f"\ndata {ds['name']} ({ds['train_samples']} train / {ds['test_samples']} test), {results['workers']} "
-          f"{'GPU' if results['gpu'] else 'CPU'} workers, wall {results['wall_seconds']:.1f}s")
+    print(
+        f"\ndata {ds['name']} ({ds['train_samples']} train / {ds['test_samples']} test), {results['workers']} "
+        f"{'GPU' if results['gpu'] else 'CPU'} workers, wall {results['wall_seconds']:.1f}s"
+    )
     print(f"results: {storage.join(results['config']['output'], RESULTS)}")

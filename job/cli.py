@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from job.config import DATASETS, MODEL_NAMES, ConfigError, EvaluateConfig, TrainConfig, default_run_name
 
@@ -66,22 +67,54 @@ def _add_switch(parser: argparse.ArgumentParser, flag: str, help_: str) -> None:
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train the tutorial models with Ray Train", description="Train the tutorial models "
-                       "data-parallel (MultiWorkerMirroredStrategy on Ray Train workers) and write results to --output.")
-    _add(p, "--models", _models, ",".join(MODEL_NAMES), f"comma-separated models to train, from {','.join(MODEL_NAMES)}")
+    p = sub.add_parser(
+        "train",
+        help="train the tutorial models with Ray Train",
+        description="Train the tutorial models "
+        "data-parallel (MultiWorkerMirroredStrategy on Ray Train workers) and write results to --output.",
+    )
+    _add(
+        p, "--models", _models, ",".join(MODEL_NAMES), f"comma-separated models to train, from {','.join(MODEL_NAMES)}"
+    )
     _add(p, "--epochs", int, "10", "epochs per model")
     _add(p, "--batch-size", int, "200", "global batch size, split evenly across workers")
     _add(p, "--workers", int, "2", "number of Ray Train workers")
     _add_switch(p, "--gpu", "give each worker one GPU")
     _add(p, "--cpus-per-worker", float, "1", "CPUs reserved per worker")
-    _add(p, "--dataset", str, "mnist", f"built-in data set: {', '.join(DATASETS)}; mnist falls back to mnist-sample offline")
-    _add(p, "--data-uri", _optional, None, "an .npz or a folder of the four IDX .gz files (path, file://, s3://, gs://)")
-    _add(p, "--output", _optional, None, "where results and models go (path, file://, s3://, gs://); default ./artifacts/<run-name>")
+    _add(
+        p,
+        "--dataset",
+        str,
+        "mnist",
+        f"built-in data set: {', '.join(DATASETS)}; mnist falls back to mnist-sample offline",
+    )
+    _add(
+        p, "--data-uri", _optional, None, "an .npz or a folder of the four IDX .gz files (path, file://, s3://, gs://)"
+    )
+    _add(
+        p,
+        "--output",
+        _optional,
+        None,
+        "where results and models go (path, file://, s3://, gs://); default ./artifacts/<run-name>",
+    )
     _add(p, "--run-name", _optional, None, "name of this run, also used to resume it; default mnist-<UTC time>")
     _add(p, "--seed", int, "7", "random seed")
-    _add(p, "--address", _optional, os.environ.get("RAY_ADDRESS"), "Ray cluster to join (RAY_ADDRESS also works); none starts a local one")
+    _add(
+        p,
+        "--address",
+        _optional,
+        os.environ.get("RAY_ADDRESS"),
+        "Ray cluster to join (RAY_ADDRESS also works); none starts a local one",
+    )
     _add_switch(p, "--overwrite", "replace a finished run at --output")
-    _add(p, "--metrics-port", int, "0", "serve Prometheus /metrics on each worker at this port, or the next free one (logged); 0 = off")
+    _add(
+        p,
+        "--metrics-port",
+        int,
+        "0",
+        "serve Prometheus /metrics on each worker at this port, or the next free one (logged); 0 = off",
+    )
     _add(p, "--pushgateway", _optional, None, "Prometheus Pushgateway URL to push metrics to after every epoch")
     _add(p, "--max-failures", int, "2", "worker-group restarts Ray Train may do before the run fails (-1 = no limit)")
     _add(p, "--steps-per-execution", int, "1", "training steps per tf.function call (higher is faster on CPU)")
@@ -89,8 +122,12 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="print a saved model's test error", description="Load a saved model "
-                       "(a model.keras file or a run's <model>/ folder) and print its error on a data set's test set.")
+    p = sub.add_parser(
+        "evaluate",
+        help="print a saved model's test error",
+        description="Load a saved model "
+        "(a model.keras file or a run's <model>/ folder) and print its error on a data set's test set.",
+    )
     _add(p, "--model-uri", _optional, None, "model.keras file or folder holding it (path, file://, s3://, gs://)")
     _add(p, "--dataset", str, "mnist", f"built-in data set: {', '.join(DATASETS)}")
     _add(p, "--data-uri", _optional, None, "an .npz or a folder of IDX .gz files")

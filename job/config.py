@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 MODEL_NAMES = ("mlp", "cnn", "large_cnn")
 DATASETS = ("mnist", "mnist-sample", "fashion_mnist")
@@ -19,7 +19,7 @@ class ConfigError(ValueError):
 
 
 def default_run_name() -> str:
-    return "mnist-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return "mnist-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
 def check_uri(uri: str, what: str) -> str:

@@ -97,7 +97,10 @@ def mnist() -> Dataset:
             "\n%s\nWARNING: full MNIST could not be loaded (%s).\nFalling back to the 5,000-digit MNIST sample shipped "
             "with this package (4,000 train / 1,000 test).\nErrors are NOT comparable to the tutorial's; every output "
             "records the data set as 'mnist-sample'.\nPut mnist.npz in %s or pass --data-uri to use full MNIST.\n%s",
-            "=" * 78, str(err).splitlines()[0] if str(err) else type(err).__name__, KERAS_CACHE, "=" * 78,
+            "=" * 78,
+            str(err).splitlines()[0] if str(err) else type(err).__name__,
+            KERAS_CACHE,
+            "=" * 78,
         )
         return mnist_sample()
 
@@ -124,7 +127,9 @@ def from_uri(uri: str) -> Dataset:
     if storage.is_dir(uri):
         return from_idx_folder(uri, name=Path(uri.rstrip("/")).name or "custom")
     if not storage.exists(uri):
-        raise DataError(f"--data-uri {storage.redact(uri)} does not exist; give an .npz file or a folder of IDX .gz files")
+        raise DataError(
+            f"--data-uri {storage.redact(uri)} does not exist; give an .npz file or a folder of IDX .gz files"
+        )
     return from_npz(storage.read_bytes(uri), uri, name=Path(uri).stem or "custom")
 
 
@@ -133,8 +138,10 @@ def from_npz(raw: bytes, source: str, name: str) -> Dataset:
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
             missing = [k for k in SPLITS if k not in npz.files]
             if missing:
-                raise DataError(f"{storage.redact(source)}: missing arrays {', '.join(missing)}; "
-                                "an .npz needs x_train, y_train, x_test, y_test")
+                raise DataError(
+                    f"{storage.redact(source)}: missing arrays {', '.join(missing)}; "
+                    "an .npz needs x_train, y_train, x_test, y_test"
+                )
             arrays = {k: npz[k] for k in SPLITS}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         if isinstance(err, DataError):
@@ -148,7 +155,9 @@ def from_idx_folder(uri: str, name: str) -> Dataset:
     for split, filename in IDX_FILES.items():
         file_uri = storage.join(uri, filename) if "://" in uri else os.path.join(uri, filename)
         if not storage.exists(file_uri):
-            raise DataError(f"{storage.redact(uri)}: no {filename}; an IDX folder needs {', '.join(IDX_FILES.values())}")
+            raise DataError(
+                f"{storage.redact(uri)}: no {filename}; an IDX folder needs {', '.join(IDX_FILES.values())}"
+            )
         arrays[split] = parse_idx(storage.read_bytes(file_uri), file_uri)
     return checked(name, uri, arrays)
 
@@ -195,8 +204,10 @@ def _checked_pixels(x: np.ndarray, what: str) -> np.ndarray:
     if not np.isfinite(x).all():
         raise DataError(f"{what} holds NaN or infinite pixels; clean the data first")
     if x.min() < 0 or x.max() > 1:
-        raise DataError(f"{what} is {x.dtype} in {x.min():g}..{x.max():g}; float pixels must be scaled to 0-1 "
-                        "(or store them as uint8 0-255)")
+        raise DataError(
+            f"{what} is {x.dtype} in {x.min():g}..{x.max():g}; float pixels must be scaled to 0-1 "
+            "(or store them as uint8 0-255)"
+        )
     return x.astype(np.float32)
 
 
@@ -236,4 +247,3 @@ def epoch_indices(n: int, epoch: int, seed: int, rank: int, workers: int, global
 def write_npz(dataset: Dataset, path: str | Path) -> None:
     """Write a data set as an .npz (used by the benchmark and tests to stage data)."""
     np.savez_compressed(path, **{k: getattr(dataset, k) for k in SPLITS})
-

@@ -57,7 +57,10 @@ def _retrying(what: str):
         stop=stop_after_attempt(RETRY_ATTEMPTS),
         wait=wait_exponential(multiplier=0.5, max=8),
         before_sleep=lambda state: log.warning(
-            "%s failed (attempt %d/%d): %s; retrying", what, state.attempt_number, RETRY_ATTEMPTS,
+            "%s failed (attempt %d/%d): %s; retrying",
+            what,
+            state.attempt_number,
+            RETRY_ATTEMPTS,
             _reason(state.outcome.exception()),
         ),
         reraise=True,

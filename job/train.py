@@ -134,7 +134,8 @@ class _ray_session:
 def _print_plan(config: TrainConfig, dataset: Dataset) -> None:
     where = f"Ray cluster {config.address}" if config.address else "a local Ray instance"
     print(
-        f"run {config.run_name}: {', '.join(config.models)} for {config.epochs} epochs, global batch {config.batch_size}"
+        f"run {config.run_name}: {', '.join(config.models)} for {config.epochs} epochs, "
+        f"global batch {config.batch_size}"
         f" on {config.workers} {'GPU' if config.gpu else 'CPU'} workers ({where})\n"
         f"data {dataset.name}: {len(dataset.y_train)} train / {len(dataset.y_test)} test; "
         f"output {storage.redact(config.output)}",
@@ -142,8 +143,12 @@ def _print_plan(config: TrainConfig, dataset: Dataset) -> None:
     )
     dropped = len(dataset.y_train) % config.batch_size
     if dropped:
-        log.warning("%d training examples do not fill a last global batch of %d; each epoch leaves out a different %d",
-                    dropped, config.batch_size, dropped)
+        log.warning(
+            "%d training examples do not fill a last global batch of %d; each epoch leaves out a different %d",
+            dropped,
+            config.batch_size,
+            dropped,
+        )
 
 
 def _push_end(config: TrainConfig, status: str, models: dict, started: float) -> None:

@@ -1,4 +1,4 @@
-"""What every Ray Train worker runs: train each model under MultiWorkerMirroredStrategy, checkpoint and report per epoch.
+"""What every Ray Train worker runs: train each model under MultiWorkerMirroredStrategy; checkpoint, report per epoch.
 
 A checkpoint folder holds `state.json` (finished models with their history and test results, the model in progress
 and its last finished epoch), a tf.train.Checkpoint of the model in progress (weights and optimizer), and
@@ -16,14 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from job import data as datamod
 from job.config import TrainConfig
-from job.models import DISPLAY_NAMES
+from job.models import DISPLAY_NAMES, evaluate
 
 STATE_FILE = "state.json"
-EVAL_BATCH = 1000
 
 
 @dataclass
@@ -111,11 +108,22 @@ def _train_model(name, config, dataset, strategy, state, restored, exporter) -> 
     for epoch in range(len(state.history), config.epochs):
         started = time.perf_counter()
         train = _train_data(tf, strategy, x_train, dataset.y_train, epoch, rank, config)
-        logs = model.fit(train, validation_data=val, steps_per_epoch=steps, initial_epoch=epoch, epochs=epoch + 1,
-                         callbacks=[callback], verbose=0).history
+        logs = model.fit(
+            train,
+            validation_data=val,
+            steps_per_epoch=steps,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            callbacks=[callback],
+            verbose=0,
+        ).history
         seconds = time.perf_counter() - started
-        record = {"epoch": epoch + 1, **{k: float(v[-1]) for k, v in logs.items()}, "seconds": round(seconds, 3),
-                  "samples_per_second": round(steps * config.per_worker_batch / seconds, 1)}
+        record = {
+            "epoch": epoch + 1,
+            **{k: float(v[-1]) for k, v in logs.items()},
+            "seconds": round(seconds, 3),
+            "samples_per_second": round(steps * config.per_worker_batch / seconds, 1),
+        }
         state.history.append(record)
         last = epoch + 1 == config.epochs
         if last:
@@ -142,20 +150,17 @@ def _validation_data(tf, x, y, global_batch):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch).with_options(options)
 
 
-def evaluate_arrays(model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Test loss and error (0-1) on every example, computed locally: no collectives, so one worker can do it."""
-    probs = np.concatenate([model(x[i : i + EVAL_BATCH], training=False).numpy() for i in range(0, len(x), EVAL_BATCH)])
-    picked = np.clip(probs[np.arange(len(y)), y.astype(np.int64)], 1e-7, 1.0)
-    return float(-np.log(picked).mean()), float((probs.argmax(axis=1) != y).mean())
-
-
 def _finish(name, model, dataset, state, exporter, rank) -> None:
     """After the last epoch: the chief measures the error on the full test set, as the tutorial does."""
     if rank != 0:
         return
-    loss, error = evaluate_arrays(model, datamod.features(dataset.x_test, name), dataset.y_test)
-    state.finished[name] = {"history": state.history, "test_loss": loss, "test_error": error,
-                            "train_seconds": round(sum(r["seconds"] for r in state.history), 3)}
+    loss, error = evaluate(model, datamod.features(dataset.x_test, name), dataset.y_test)
+    state.finished[name] = {
+        "history": state.history,
+        "test_loss": loss,
+        "test_error": error,
+        "train_seconds": round(sum(r["seconds"] for r in state.history), 3),
+    }
     state.current, state.history = None, []
     exporter.record_test(name, test_loss=loss, test_error=error)
     say(f"{DISPLAY_NAMES[name]} error: {error * 100:.2f}%")

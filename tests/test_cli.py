@@ -1,0 +1,114 @@
+"""CLI and config: flags and MNIST_TRAIN_* env twins give one frozen config; bad input is one line and exit 2."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from job import cli
+from job.config import TrainConfig
+
+
+def parse(argv, monkeypatch=None, env=None):
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
+    return cli.parse(argv)
+
+
+def test_defaults_are_the_tutorials() -> None:
+    config = cli.parse(["train"])
+    assert (config.epochs, config.batch_size, config.seed, config.workers) == (10, 200, 7, 2)
+    assert config.models == ("mlp", "cnn", "large_cnn") and config.dataset == "mnist"
+    assert config.output == f"artifacts/{config.run_name}"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3
+
+
+def test_env_twins_give_the_same_config_as_flags(monkeypatch) -> None:
+    flags = cli.parse(
+        [
+            "train",
+            "--models",
+            "mlp,cnn",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "100",
+            "--workers",
+            "4",
+            "--gpu",
+            "--output",
+            "s3://b/r",
+            "--run-name",
+            "r1",
+            "--metrics-port",
+            "9100",
+        ]
+    )
+    env = {
+        "MNIST_TRAIN_MODELS": "mlp,cnn",
+        "MNIST_TRAIN_EPOCHS": "3",
+        "MNIST_TRAIN_BATCH_SIZE": "100",
+        "MNIST_TRAIN_WORKERS": "4",
+        "MNIST_TRAIN_GPU": "true",
+        "MNIST_TRAIN_OUTPUT": "s3://b/r",
+        "MNIST_TRAIN_RUN_NAME": "r1",
+        "MNIST_TRAIN_METRICS_PORT": "9100",
+    }
+    assert parse(["train"], monkeypatch, env) == flags
+    assert parse(["train", "--epochs", "5"], monkeypatch, env).epochs == 5  # a flag wins over its env twin
+
+
+def test_every_flag_has_a_documented_env_twin() -> None:
+    parser = cli.build_parser()
+    for sub in parser._subparsers._group_actions[0].choices.values():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert f"[env: {cli.env_name(action.dest)}]" in action.help
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--epochs", "0"], {}, "--epochs must be between 1 and 1000, got 0"),
+        (["--epochs", "-3"], {}, "--epochs must be between 1 and 1000, got -3"),
+        (["--epochs", "100000"], {}, "--epochs must be between 1 and 1000, got 100000"),
+        (["--workers", "0"], {}, "--workers must be between 1 and 1024, got 0"),
+        (["--workers", "4", "--batch-size", "2"], {}, "--batch-size 2 does not split evenly over 4 workers"),
+        (["--models", "mlp,resnet"], {}, "unknown model 'resnet' in --models; pick from mlp,cnn,large_cnn"),
+        (["--dataset", "cifar10"], {}, "unknown --dataset 'cifar10'"),
+        (["--output", "ftp://host/x"], {}, "--output 'ftp://host/x' has the unsupported scheme 'ftp://'"),
+        (["--data-uri", "hdfs://nn/x.npz"], {}, "--data-uri 'hdfs://nn/x.npz' has the unsupported scheme 'hdfs://'"),
+        (["--metrics-port", "70000"], {}, "--metrics-port must be between 0 and 65535"),
+        (["--run-name", "Bad Name"], {}, "--run-name 'Bad Name' is not valid"),
+        (["--pushgateway", "gateway:9091"], {}, "--pushgateway 'gateway:9091' is not an http(s) URL"),
+        ([], {"MNIST_TRAIN_EPOCHS": "0"}, "--epochs must be between 1 and 1000, got 0"),
+        ([], {"MNIST_TRAIN_WORKERS": "two"}, "argument --workers: invalid int value: 'two'"),
+        ([], {"MNIST_TRAIN_GPU": "maybe"}, "MNIST_TRAIN_GPU: 'maybe' is not a boolean"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, argv, env, message) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse(["train", *argv], monkeypatch, env)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert message in err and err.startswith("mnist-train: error: ")
+    assert err.count("\n") == 1
+
+
+def test_bad_input_stops_before_ray_starts(tmp_path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "job", "train", "--epochs", "0", "--output", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == "mnist-train: error: --epochs must be between 1 and 1000, got 0\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_validates_directly_too() -> None:
+    with pytest.raises(ValueError, match="--workers must be between"):
+        TrainConfig(workers=0, output="o")
