@@ -1,0 +1,295 @@
+"""A real 2-worker Ray Train run (mnist-sample) watched by a real Prometheus and Pushgateway on loopback.
+
+One shared run answers most questions (module fixture, about a minute); a second run checks a Pushgateway outage.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from promlib import Prometheus, Server, free_port_range, http_get, start_prometheus, start_pushgateway
+
+from job import dashboard
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = ("mlp", "cnn")
+RUN_TIMEOUT_S = 600
+
+
+class Training:
+    """`python -m job train ...` as a subprocess; its output lines are collected as they come."""
+
+    def __init__(self, args: list[str], ray_tmp: str) -> None:
+        env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+        self.ray_tmp = ray_tmp
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "job", "train", *args], cwd=REPO, env=env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for_line(self, pattern: str, count: int = 1, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.matching(pattern)) < count:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {count}x {pattern!r} in the output:\n" + "\n".join(self.lines[-40:]))
+            time.sleep(0.1)
+
+    def matching(self, pattern: str) -> list[str]:
+        return [line for line in list(self.lines) if re.search(pattern, line)]
+
+    def wait(self) -> int:
+        try:
+            code = self.process.wait(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        self._reader.join(timeout=10)
+        return code
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def ray_metrics_port(self) -> int | None:
+        """Ray's own Prometheus port for this run's private local Ray (found in its session folder)."""
+        found = glob.glob(os.path.join(self.ray_tmp, "ray", "session_latest", "metrics_export_port_*"))
+        return int(Path(found[0]).read_text().strip()) if found else None
+
+
+def train_args(output: Path, run_name: str, epochs: int, metrics_port: int, pushgateway: str) -> list[str]:
+    return ["--dataset", "mnist-sample", "--epochs", str(epochs), "--workers", "2", "--models", ",".join(MODELS),
+            "--output", str(output), "--run-name", run_name, "--metrics-port", str(metrics_port),
+            "--pushgateway", pushgateway]  # fmt: skip
+
+
+def feed_ray_targets(training: Training, sd_file: Path) -> None:
+    """File-based service discovery for Ray's metrics port, like Ray's prom_metrics_service_discovery.json."""
+    while training.process.poll() is None:
+        port = training.ray_metrics_port()
+        if port is not None:
+            tmp = sd_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": {"source": "ray"}}]))
+            tmp.replace(sd_file)
+            return
+        time.sleep(0.2)
+
+
+@dataclass
+class Run:
+    name: str
+    code: int
+    lines: list[str]
+    results: dict
+    prometheus: Prometheus
+    base_port: int
+    started: float
+    finished: float
+
+    def at_end(self, expr: str) -> list[dict]:
+        return self.prometheus.query(expr, at=self.finished)
+
+    @property
+    def range(self) -> str:
+        return f"{math.ceil(self.finished - self.started) + 60}s"
+
+
+def scrape_configs(base_port: int, gateway: str, sd_file: Path) -> list[dict]:
+    workers = [f"127.0.0.1:{base_port + i}" for i in range(4)]
+    return [
+        {"job_name": "mnist-train", "static_configs": [{"targets": workers}]},
+        {"job_name": "pushgateway", "honor_labels": True, "static_configs": [{"targets": [gateway]}]},
+        {"job_name": "ray", "file_sd_configs": [{"files": [str(sd_file)], "refresh_interval": "1s"}]},
+    ]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    tmp = tmp_path_factory.mktemp("integration")
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
+    gateway = start_pushgateway(tmp)
+    base_port, sd_file = free_port_range(4), tmp / "ray-targets.json"
+    sd_file.write_text("[]")
+    prometheus = start_prometheus(tmp, scrape_configs(base_port, gateway.url.removeprefix("http://"), sd_file))
+    name, training = f"it-{os.getpid()}", None
+    try:
+        started = time.time()
+        training = Training(train_args(tmp / "out", name, 2, base_port, gateway.url), ray_tmp)
+        threading.Thread(target=feed_ray_targets, args=(training, sd_file), daemon=True).start()
+        code = training.wait()
+        results_file = tmp / "out" / "results.json"
+        results = json.loads(results_file.read_text()) if results_file.exists() else {}
+        if code == 0:  # the driver's last push reaches Prometheus one scrape later
+            prometheus.wait_for(f'mnist_train_run_status{{run="{name}"}}', bool)
+        yield Run(name, code, training.lines, results, prometheus, base_port, started, time.time())
+    finally:
+        if training is not None:
+            training.stop()
+        prometheus.stop()
+        gateway.stop()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_the_run_succeeds_and_each_worker_logs_its_metrics_port(run: Run) -> None:
+    assert run.code == 0, "\n".join(run.lines[-40:])
+    ports = {}
+    for line in run.lines:
+        if found := re.search(r"rank (\d+): serving /metrics on :(\d+)", line):
+            ports[int(found[1])] = int(found[2])
+    assert sorted(ports) == [0, 1]
+    assert len(set(ports.values())) == 2 and set(ports.values()) <= set(range(run.base_port, run.base_port + 4))
+
+
+def test_prometheus_scraped_both_workers(run: Run) -> None:
+    scraped = run.at_end(f'count by (rank, instance) (last_over_time(mnist_train_info{{run="{run.name}", '
+                         f'job="mnist-train", instance!=""}}[{run.range}]))')  # fmt: skip
+    assert sorted(r["metric"]["rank"] for r in scraped) == ["0", "1"]
+
+
+def panel_expr(title: str) -> str:
+    panel = next(p for p in dashboard.build()["panels"] if p.get("title") == title)
+    return panel["targets"][0]["expr"]
+
+
+def fill(expr: str, run: Run) -> str:
+    values = {"$namespace": ".*", "$job": "mnist-train", "$run": run.name, "$model": "(" + "|".join(MODELS) + ")",
+              "$__range": run.range}  # fmt: skip
+    for name, value in values.items():
+        expr = expr.replace(name, value)
+    assert "$" not in expr, expr
+    return expr
+
+
+def per_epoch(run: Run, title: str) -> dict[tuple[str, str, int], float]:
+    result = run.at_end(fill(panel_expr(title), run))
+    return {
+        (r["metric"]["model"], r["metric"]["split"], int(r["metric"]["epoch"])): float(r["value"][1]) for r in result
+    }
+
+
+def test_every_epochs_loss_and_accuracy_equal_results_json(run: Run) -> None:
+    """Read through the dashboard's own per-epoch queries: one point per model, split and epoch."""
+    loss, accuracy = per_epoch(run, "Loss per epoch"), per_epoch(run, "Accuracy per epoch")
+    expected_loss, expected_accuracy = {}, {}
+    for model in MODELS:
+        history = run.results["models"][model]["history"]
+        assert [h["epoch"] for h in history] == [1, 2]
+        for h in history:
+            for split, prefix in (("train", ""), ("val", "val_")):
+                expected_loss[(model, split, h["epoch"])] = pytest.approx(h[prefix + "loss"], rel=1e-12)
+                expected_accuracy[(model, split, h["epoch"])] = pytest.approx(h[prefix + "accuracy"], rel=1e-12)
+    assert loss == expected_loss
+    assert accuracy == expected_accuracy
+
+
+def test_epoch_durations_are_there_for_every_epoch(run: Run) -> None:
+    result = run.at_end(fill(panel_expr("Epoch duration"), run))
+    durations = {(r["metric"]["model"], int(r["metric"]["epoch"])): float(r["value"][1]) for r in result}
+    assert sorted(durations) == [(m, e) for m in sorted(MODELS) for e in (1, 2)]
+    for (model, epoch), seconds in durations.items():
+        reported = run.results["models"][model]["history"][epoch - 1]["seconds"]
+        assert 0 < seconds <= reported + 0.5, (model, epoch)
+
+
+def test_final_test_error_and_loss_equal_results_json(run: Run) -> None:
+    error = {r["metric"]["model"]: float(r["value"][1]) for r in run.at_end(fill(panel_expr("Final test error"), run))}
+    loss = {r["metric"]["model"]: float(r["value"][1]) for r in run.at_end(fill(panel_expr("Final test loss"), run))}
+    models = run.results["models"]
+    assert error == {m: pytest.approx(models[m]["test_error"], rel=1e-12) for m in MODELS}
+    assert loss == {m: pytest.approx(models[m]["test_loss"], rel=1e-12) for m in MODELS}
+    assert all(0 <= e <= 1 for e in error.values())
+
+
+def test_throughput_is_there_for_both_ranks(run: Run) -> None:
+    result = run.prometheus.query_range(
+        f'mnist_train_samples_per_second{{run="{run.name}"}}', run.started, run.finished
+    )
+    seen = {(r["metric"]["model"], r["metric"]["rank"]) for r in result}
+    assert seen == {(m, rank) for m in MODELS for rank in ("0", "1")}
+    assert all(float(v) > 0 for r in result for _, v in r["values"])
+
+
+def test_the_run_outcome_was_pushed(run: Run) -> None:
+    status = run.at_end(f'mnist_train_run_status{{run="{run.name}"}} == 1')
+    assert [r["metric"]["status"] for r in status] == ["succeeded"]
+    success = run.at_end(f'mnist_train_last_success_timestamp_seconds{{run="{run.name}"}}')
+    assert run.started <= float(success[0]["value"][1]) <= run.finished
+
+
+def test_every_dashboard_panel_query_returns_data(run: Run) -> None:
+    empty = []
+    for panel in dashboard.build()["panels"]:
+        for target in panel.get("targets", []):
+            expr = fill(target["expr"], run)
+            if target.get("instant"):
+                result = run.at_end(expr)
+            else:
+                result = run.prometheus.query_range(expr, run.started, run.finished, step=2)
+            if not result:
+                empty.append(f"{panel['title']}: {expr}")
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+def gateway_has(gateway: Server, text: str) -> bool:
+    try:
+        return text in http_get(gateway.url + "/metrics").decode()
+    except OSError:
+        return False
+
+
+def test_a_pushgateway_outage_mid_run_costs_one_warning_per_worker_and_nothing_else(tmp_path: Path) -> None:
+    gateway = start_pushgateway(tmp_path)
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    training = Training(train_args(tmp_path / "out", f"outage-{os.getpid()}", 3, 0, gateway.url), ray_tmp)
+    try:
+        deadline = time.monotonic() + 300
+        while not gateway_has(gateway, 'mnist_train_epochs_completed{instance="",job="mnist-train",model="mlp"'):
+            assert training.process.poll() is None and time.monotonic() < deadline, "\n".join(training.lines[-40:])
+            time.sleep(0.2)
+        gateway.stop()  # after the first pushed epoch
+        training.wait_for_line(r"rank \d: push to Pushgateway .* failed", count=2)
+        gateway.start()
+        code = training.wait()
+        after = http_get(gateway.url + "/metrics").decode()  # what the restarted gateway received
+    finally:
+        training.stop()
+        gateway.stop()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert code == 0, "\n".join(training.lines[-40:])
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    for model in MODELS:
+        assert [h["epoch"] for h in results["models"][model]["history"]] == [1, 2, 3]
+        assert 0 <= results["models"][model]["test_error"] <= 1
+    for rank in (0, 1):
+        assert len(training.matching(rf"rank {rank}: push to Pushgateway .* failed")) == 1
+        assert len(training.matching(rf"rank {rank}: pushes to Pushgateway .* recovered")) == 1
+    assert training.matching(r"driver: push to Pushgateway") == []
+    assert re.search(r'mnist_train_run_status\{[^}]*status="succeeded"\} 1', after)
+    for model in MODELS:
+        assert re.search(rf'mnist_train_test_error_ratio\{{[^}}]*model="{model}",rank="0"[^}}]*\}} ', after)
