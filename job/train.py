@@ -119,7 +119,9 @@ class _ray_session:
         os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(self.config.start_timeout))
         if self.config.address:
             log.info("joining the Ray cluster at %s", self.config.address)
-            ray.init(address=self.config.address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
+            # No runtime_env here: a submitted job's own runtime_env must not be overridden (Ray refuses the merge);
+            # the workers get WORKER_ENV through RunConfig.worker_runtime_env.
+            ray.init(address=self.config.address, log_to_driver=True)
         else:
             cpus = max(os.cpu_count() or 1, int(self.config.workers * self.config.cpus_per_worker + 0.999))
             log.info("starting a local Ray instance with %d CPUs for %d workers", cpus, self.config.workers)

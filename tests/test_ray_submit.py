@@ -1,0 +1,79 @@
+"""`ray job submit` to a real Ray head (`ray start --head`) on loopback, with Ray's token auth on."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from support import ROOT, free_port
+
+VENV_BIN = str(Path(sys.executable).parent)
+RUNTIME_ENV = {"env_vars": {"TF_USE_LEGACY_KERAS": "1"}, "excludes": [".venv", ".venv-s3", "artifacts", ".git"]}
+
+
+@pytest.fixture
+def ray_head():
+    """A private head on free ports, stopped by killing its process group (never `ray stop`, which kills every Ray)."""
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # fmt: skip
+    dashboard = free_port()
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--num-cpus", "2", "--port", str(free_port()),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+         "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        _wait_until_jobs_api_answers(address, env, head)
+        yield address, env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+
+
+def _wait_until_jobs_api_answers(address: str, env: dict, head: subprocess.Popen) -> None:
+    for _ in range(90):
+        assert head.poll() is None, "ray start --head exited"
+        if subprocess.run(["ray", "job", "list", "--address", address], env=env, capture_output=True).returncode == 0:
+            return
+        time.sleep(1)
+    raise TimeoutError("the Ray jobs API did not come up in 90 s")
+
+
+def submit(address: str, env: dict, *job_args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ray", "job", "submit", "--address", address, "--working-dir", ".", "--runtime-env-json",
+         json.dumps(RUNTIME_ENV), "--", "python", "-m", "job", *job_args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_submitted_job_trains_on_the_cluster_and_writes_artifacts(ray_head, tmp_path) -> None:
+    address, env = ray_head
+    output = tmp_path / "out"
+    done = submit(address, env, "train", "--dataset", "mnist-sample", "--epochs", "1", "--models", "mlp",
+                  "--output", str(output), "--run-name", "submitted")  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "Job 'raysubmit_" in done.stderr + done.stdout and "succeeded" in done.stderr + done.stdout
+    assert "joining the Ray cluster" in done.stdout  # the job used the cluster, not a private local Ray
+    results = json.loads((output / "results.json").read_text())
+    assert results["status"] == "succeeded" and results["workers"] == 2
+    assert [r["epoch"] for r in results["models"]["mlp"]["history"]] == [1]
+    assert (output / "mlp" / "model.keras").exists() and (output / "mlp" / "saved_model" / "saved_model.pb").exists()
+    assert f"MLP error: {results['models']['mlp']['test_error_percent']:.2f}%" in done.stdout
+
+
+def test_submission_without_the_token_is_refused(ray_head) -> None:
+    address, env = ray_head
+    no_token = {**env, "RAY_AUTH_TOKEN": "wrong-" + secrets.token_hex(8)}
+    refused = subprocess.run(["ray", "job", "list", "--address", address], env=no_token, capture_output=True, text=True)
+    assert refused.returncode != 0
