@@ -5,9 +5,10 @@ import re
 
 import numpy as np
 import pytest
-from support import run_job
 
 from job import data, models
+
+from support import run_job
 
 ERROR_BOUND = {"mlp": 0.15, "cnn": 0.20, "large_cnn": 0.30}  # 2 epochs on 4,000 digits; chance is 0.90
 
