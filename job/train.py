@@ -125,7 +125,10 @@ class _ray_session:
         else:
             cpus = max(os.cpu_count() or 1, int(self.config.workers * self.config.cpus_per_worker + 0.999))
             log.info("starting a local Ray instance with %d CPUs for %d workers", cpus, self.config.workers)
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True, configure_logging=False)
+            # address="local": always a private instance, even when another Ray runs on this machine.
+            ray.init(
+                address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True, configure_logging=False
+            )
 
     def __exit__(self, *exc) -> None:
         import ray
