@@ -23,7 +23,8 @@ EXIT_FAILED = 1
 
 def run(config: TrainConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    for noisy in ("tensorflow", "absl"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     started = time.time()
     try:
         artifacts.prepare_output(config)

@@ -8,6 +8,7 @@ and its last finished epoch), a tf.train.Checkpoint of the model in progress (we
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -52,9 +53,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import tensorflow as tf
 
+    _quiet_logs(tf)
     # The strategy must exist before any other TF op; Ray has set TF_CONFIG for this worker.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    tf.get_logger().setLevel("ERROR")
     config: TrainConfig = loop_config["config"]
     context = ray.train.get_context()
     dataset: datamod.Dataset = ray.get(loop_config["data"])
@@ -72,6 +73,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 restored = None
     finally:
         exporter.close()
+
+
+def _quiet_logs(tf) -> None:
+    """Keep the console to our progress lines: Ray Train logs every report and TF every checkpoint shard at INFO."""
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("job").setLevel(logging.INFO)
+    tf.get_logger().setLevel(logging.ERROR)
 
 
 def _restore(checkpoint: Any) -> tuple[RunState, Path | None]:
