@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from job import __version__, storage
-from job.config import ConfigError, TrainConfig
+from job.config import DISPLAY_NAMES, ConfigError, TrainConfig
 from job.data import Dataset
-from job.models import DISPLAY_NAMES
 
 RESULTS = "results.json"
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_second")

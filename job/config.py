@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 MODEL_NAMES = ("mlp", "cnn", "large_cnn")
+DISPLAY_NAMES = {"mlp": "MLP", "cnn": "Simple CNN", "large_cnn": "Large CNN"}
 DATASETS = ("mnist", "mnist-sample", "fashion_mnist")
 URI_SCHEMES = ("file", "s3", "gs")
 MAX_EPOCHS = 1000
@@ -31,6 +32,11 @@ def check_uri(uri: str, what: str) -> str:
         raise ConfigError(
             f"{what} {uri!r} has the unsupported scheme '{match.group(1)}://'; "
             "use a local path, file://, s3:// or gs://"
+        )
+    if match and re.match(r"[^/@]*@", uri[match.end() :]):
+        raise ConfigError(
+            f"{what} {match.group(0)}<hidden>@... carries credentials in the URI; remove them and set "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or GOOGLE_APPLICATION_CREDENTIALS) instead"
         )
     if match and not uri[match.end() :].strip("/"):
         raise ConfigError(f"{what} {uri!r} names no bucket or path; write it as s3://bucket/prefix")

@@ -6,6 +6,8 @@ import numpy as np
 import tf_keras as keras
 from tf_keras import layers
 
+from job.config import DISPLAY_NAMES  # noqa: F401 - re-exported; kept in config so the driver need not import TF
+
 EVAL_BATCH = 1000
 
 NUM_PIXELS = 28 * 28
@@ -60,7 +62,6 @@ def large_cnn() -> keras.Model:
 
 
 BUILDERS = {"mlp": mlp, "cnn": cnn, "large_cnn": large_cnn}
-DISPLAY_NAMES = {"mlp": "MLP", "cnn": "Simple CNN", "large_cnn": "Large CNN"}
 
 
 def build(name: str, steps_per_execution: int = 1) -> keras.Model:

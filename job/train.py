@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import sys
 import tempfile
 import time
@@ -27,8 +29,10 @@ def run(config: TrainConfig) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     started = time.time()
     try:
-        artifacts.prepare_output(config)
+        check_reachable(config.address)
         dataset = load(config.dataset, config.data_uri)
+        _check_batch(config, dataset)
+        artifacts.prepare_output(config)  # last: with --overwrite it deletes the old run, so only once inputs are good
     except (ConfigError, DataError, storage.StorageError) as err:
         print(f"mnist-train: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -78,6 +82,28 @@ def _fit(config: TrainConfig, dataset: Dataset) -> Path:
     if result.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint")
     return Path(result.checkpoint.to_directory(tempfile.mkdtemp(prefix="mnist-final-")))
+
+
+def _check_batch(config: TrainConfig, dataset: Dataset) -> None:
+    if config.batch_size > len(dataset.y_train):
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is larger than the {len(dataset.y_train)} training examples of "
+            f"{dataset.name}; lower --batch-size"
+        )
+
+
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail at once when --address names a host:port nothing answers on; ray.init would retry for minutes."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\[\]/@]+?)\]?:(\d+)", address or "")
+    if not match:
+        return  # "auto" or another form Ray resolves itself
+    try:
+        socket.create_connection((match[1], int(match[2])), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(
+            f"cannot reach the Ray cluster at --address {address} ({err.strerror or type(err).__name__}); "
+            "check the address, or leave --address out to start a local Ray"
+        ) from None
 
 
 def _worker_resources(config: TrainConfig) -> dict[str, float]:
