@@ -67,17 +67,20 @@ def _retrying(what: str):
     )
 
 
-def exists(uri: str) -> bool:
+def _info(uri: str) -> pafs.FileInfo:
     fs, path = resolve(uri)
     try:
-        return fs.get_file_info(path).type != pafs.FileType.NotFound
+        return fs.get_file_info(path)
     except OSError as err:
         raise StorageError(f"cannot read {redact(uri)}: {_reason(err)}") from None
 
 
+def exists(uri: str) -> bool:
+    return _info(uri).type != pafs.FileType.NotFound
+
+
 def is_dir(uri: str) -> bool:
-    fs, path = resolve(uri)
-    return fs.get_file_info(path).type == pafs.FileType.Directory
+    return _info(uri).type == pafs.FileType.Directory
 
 
 def read_bytes(uri: str) -> bytes:
@@ -112,11 +115,14 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 def delete(uri: str) -> None:
     fs, path = resolve(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.Directory:
-        fs.delete_dir(path)
-    elif info.type == pafs.FileType.File:
-        fs.delete_file(path)
+    info = _info(uri)
+    try:
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        elif info.type == pafs.FileType.File:
+            fs.delete_file(path)
+    except OSError as err:
+        raise StorageError(f"cannot delete {redact(uri)}: {_reason(err)}") from None
 
 
 def upload_dir(local_dir: str | Path, uri: str) -> None:
