@@ -1,0 +1,86 @@
+"""Worker loss on a real local run: SIGKILL of a non-chief Ray Train worker mid-run; the run resumes from its last
+checkpoint and finishes with every epoch exactly once. The same run holds the metrics port busy (fallback row of the
+bad-input catalogue). The driver-loss case runs against S3 in test_s3_runs.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from live_run import SNAPSHOT, LiveRun, wait_registered
+
+EPOCHS = 4
+EPOCH_LINE = r"RayTrainWorker pid=(\d+)\)\S*\s+mlp\s+epoch\s+{}/" + str(EPOCHS)
+
+
+@dataclass
+class KilledRun:
+    run: LiveRun
+    code: int
+    output: Path
+    victim: int
+    chief: int
+    printed_at_kill: list[int]
+    busy_port: int
+    kill_to_end_s: float
+
+
+def epochs_printed(text: str) -> list[int]:
+    return [int(n) for n in re.findall(rf"mlp\s+epoch\s+(\d+)/{EPOCHS}", text)]
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory: pytest.TempPathFactory) -> KilledRun:
+    output = tmp_path_factory.mktemp("resume") / "out"
+    busy = socket.create_server(("0.0.0.0", 0))  # the metrics port is taken: the workers must fall back
+    port = busy.getsockname()[1]
+    run = LiveRun(
+        "--dataset", "mnist-sample", "--models", "mlp", "--epochs", str(EPOCHS), "--workers", "2",
+        "--output", str(output), "--run-name", "kill-worker", "--metrics-port", str(port),
+    )  # fmt: skip
+    try:
+        chief = int(run.wait_for(EPOCH_LINE.format(r"\s*2"))[1])  # rank 0 prints the progress lines
+        wait_registered((output / "checkpoints" / "kill-worker" / SNAPSHOT).read_bytes, 2)
+        victim = next(pid for pid in run.train_workers() if pid != chief)
+        os.kill(victim, signal.SIGKILL)
+        killed_at, printed = time.monotonic(), epochs_printed(run.output)
+        code = run.finish()
+        return KilledRun(run, code, output, victim, chief, printed, port, time.monotonic() - killed_at)
+    finally:
+        run.stop()
+        busy.close()
+
+
+def test_run_survives_a_killed_worker_and_resumes_from_its_checkpoint(killed: KilledRun) -> None:
+    assert killed.code == 0, killed.run.tail()
+    resumed = re.search(r"resuming from checkpoint: finished none, mlp at epoch (\d)", killed.run.output)
+    assert resumed, killed.run.tail()
+    at = int(resumed[1])
+    printed = epochs_printed(killed.run.output)
+    # Epochs up to the checkpoint are never trained again; at most the epoch in flight at the kill is.
+    assert at >= 2 and printed[printed.index(at + 1) :] in ([*range(at + 1, EPOCHS + 1)], [])
+    assert sorted(set(printed)) == list(range(1, EPOCHS + 1)) and printed.count(1) == printed.count(2) == 1
+    print(f"\nworker kill after epochs {killed.printed_at_kill}: resumed at epoch {at}, epochs printed {printed}, "
+          f"kill->end {killed.kill_to_end_s:.1f}s, wall {killed.run.seconds:.0f}s")  # fmt: skip
+
+
+def test_history_has_every_epoch_once_and_a_normal_error(killed: KilledRun) -> None:
+    results = json.loads((killed.output / "results.json").read_text())
+    mlp = results["models"]["mlp"]
+    assert [r["epoch"] for r in mlp["history"]] == list(range(1, EPOCHS + 1))
+    assert results["epochs"] == EPOCHS and 0 < mlp["test_error"] < 0.15  # chance is 0.90
+    assert 1 - mlp["history"][-1]["val_accuracy"] == pytest.approx(mlp["test_error"], abs=1e-6)
+
+
+def test_busy_metrics_port_falls_back_to_the_next_free_one(killed: KilledRun) -> None:
+    out = killed.run.output
+    assert f"port {killed.busy_port} is in use, took the next free one" in out
+    served = {int(p) for p in re.findall(r"rank \d: serving /metrics on :(\d+)", out)}
+    assert served and killed.busy_port not in served

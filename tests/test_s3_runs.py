@@ -1,0 +1,146 @@
+"""Real runs against a real S3 API (moto server on loopback), data and output both in the bucket.
+
+1. The driver is SIGKILLed (whole process group) in epoch 2; the same command run again resumes from the checkpoints
+   Ray Train keeps in the bucket and finishes with every epoch once. Distinctive fake credentials are then looked for
+   in every line printed, in results.json, in every object written and in the /metrics text.
+2. The same command with --overwrite starts again from epoch 1; the store goes dark (a TCP proxy in front of moto stops
+   answering) at the first artifact upload: the job exits 1 after its retries, naming the URI, and leaves no
+   results.json. With the store back, the same command finishes from the final checkpoint without training again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import urllib.request
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from live_run import SNAPSHOT, CuttableProxy, LiveRun, MotoServer, wait_registered
+
+from job import data
+
+from support import free_port
+
+KEY_ID, SECRET = "AKIARELIABLE0TEST4711", "Zebra-Quokka-s3cr3t-fake-0815"
+BUCKET, RUN = "runs", "s3-run"
+OUTPUT, DATA = f"s3://{BUCKET}/{RUN}", f"s3://{BUCKET}/data/mnist-sample.npz"
+EPOCHS = 4
+
+
+def command(*extra: str) -> list[str]:
+    return ["--data-uri", DATA, "--models", "mlp", "--workers", "2", "--output", OUTPUT, "--run-name", RUN, *extra]
+
+
+def epochs_printed(text: str, epochs: int) -> list[int]:
+    return [int(n) for n in re.findall(rf"mlp\s+epoch\s+(\d+)/{epochs}\b", text)]
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer()
+    try:
+        fs = server.filesystem()
+        fs.create_dir(BUCKET)
+        buffer = io.BytesIO()
+        sample = data.mnist_sample()
+        np.savez_compressed(buffer, **{k: getattr(sample, k) for k in data.SPLITS})
+        with fs.open_output_stream(DATA.removeprefix("s3://")) as stream:
+            stream.write(buffer.getvalue())
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def resumed(moto: MotoServer) -> dict:
+    """Run, kill the driver once epoch 2's checkpoint is in the bucket, run the same command again."""
+    env = {**moto.env(KEY_ID, SECRET), "MNIST_TRAIN_METRICS_PORT": str(free_port())}
+    first = LiveRun(*command("--epochs", str(EPOCHS)), env=env)
+    try:
+        first.wait_for(rf"mlp\s+epoch\s+2/{EPOCHS}")
+        snapshot = f"{BUCKET}/{RUN}/checkpoints/{RUN}/{SNAPSHOT}"
+        wait_registered(lambda: moto.filesystem().open_input_stream(snapshot).read(), 2)
+        first.kill()
+    finally:
+        first.stop()
+    left = moto.keys(f"{BUCKET}/{RUN}")
+    second = LiveRun(*command("--epochs", str(EPOCHS)), env=env)
+    try:
+        port = int(second.wait_for(r"rank 0: serving /metrics on :(\d+)")[1])
+        second.wait_for(rf"mlp\s+epoch\s+\d+/{EPOCHS}")
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        code = second.finish()
+    finally:
+        second.stop()
+    return {"first": first, "second": second, "code": code, "left": left, "metrics": scraped}
+
+
+def test_killed_driver_rerun_resumes_from_the_bucket(moto: MotoServer, resumed: dict) -> None:
+    first, second = resumed["first"], resumed["second"]
+    assert f"{BUCKET}/{RUN}/results.json" not in resumed["left"]  # the killed run left nothing final
+    assert resumed["code"] == 0, second.tail()
+    at = int(second.wait_for(r"resuming from checkpoint: finished none, mlp at epoch (\d)", timeout=1)[1])
+    before, after = epochs_printed(first.output, EPOCHS), epochs_printed(second.output, EPOCHS)
+    assert at >= 2 and before[:at] == list(range(1, at + 1))
+    assert after == list(range(at + 1, EPOCHS + 1))  # nothing the first run checkpointed is trained again
+    results = json.loads(moto.filesystem().open_input_stream(f"{BUCKET}/{RUN}/results.json").read())
+    mlp = results["models"]["mlp"]
+    assert [r["epoch"] for r in mlp["history"]] == list(range(1, EPOCHS + 1)) and 0 < mlp["test_error"] < 0.15
+    assert results["dataset"]["source"] == DATA and results["dataset"]["train_samples"] == 4000
+    assert {f"{BUCKET}/{RUN}/{p}" for p in ("results.json", "curves.png", "mlp/model.keras", "mlp/history.csv")} <= set(
+        moto.keys(f"{BUCKET}/{RUN}")
+    )
+    print(f"\ndriver kill: first run printed {before} ({first.seconds:.0f}s); rerun resumed at epoch {at}, "
+          f"trained {after} ({second.seconds:.0f}s)")  # fmt: skip
+
+
+def test_credentials_appear_nowhere(moto: MotoServer, resumed: dict) -> None:
+    assert "mnist_train_epochs_completed" in resumed["metrics"]
+    texts = {"first run output": resumed["first"].output, "rerun output": resumed["second"].output,
+             "/metrics": resumed["metrics"]}  # fmt: skip
+    fs = moto.filesystem()
+    for key in moto.keys(f"{BUCKET}/{RUN}"):
+        texts[key] = fs.open_input_stream(key).read().decode("latin-1")
+    assert len(texts) > 10
+    for name, text in texts.items():
+        assert KEY_ID not in text and SECRET not in text, f"a credential leaked into {name}"
+
+
+def test_overwrite_retrains_and_a_dark_store_at_the_final_upload_leaves_nothing_final(
+    moto: MotoServer, resumed: dict
+) -> None:
+    proxy = CuttableProxy(moto.port, cut_on=rf"PUT /{BUCKET}/{RUN}/(?!checkpoints/|\.write-probe)\w[^ ]*")
+    env = {**moto.env(KEY_ID, SECRET), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}",
+           "MNIST_TRAIN_STORAGE_RETRIES": "2"}  # fmt: skip
+    again = command("--epochs", "2", "--overwrite")
+    run = LiveRun(*again, env=env)
+    try:
+        code = run.finish()
+    finally:
+        run.stop()
+        proxy.close()
+    assert proxy.cut_request is not None, run.tail()
+    assert "resuming from checkpoint" not in run.output and epochs_printed(run.output, 2) == [1, 2]
+    assert code == 1, run.tail()
+    errors = [line for line in run.lines if line.startswith("mnist-train: error:")]
+    assert len(errors) == 1 and re.match(
+        rf"mnist-train: error: run failed: cannot write {OUTPUT}/\S+ after 2 attempts: ", errors[0]
+    ), run.tail()
+    assert f"{BUCKET}/{RUN}/results.json" not in moto.keys(f"{BUCKET}/{RUN}")  # the old one went with --overwrite
+
+    back = CuttableProxy(moto.port, port=proxy.port)  # the store is back: the same command completes the run
+    rerun = LiveRun(*again, env=env)
+    try:
+        rerun_code = rerun.finish()
+    finally:
+        rerun.stop()
+        back.close()
+    assert rerun_code == 0, rerun.tail()
+    assert "resuming from checkpoint: finished {'mlp': 2}" in rerun.output and epochs_printed(rerun.output, 2) == []
+    results = json.loads(moto.filesystem().open_input_stream(f"{BUCKET}/{RUN}/results.json").read())
+    assert [r["epoch"] for r in results["models"]["mlp"]["history"]] == [1, 2] and results["epochs"] == 2
+    print(f"\nupload fault: cut at {proxy.cut_request!r}, failed run {run.seconds:.0f}s, "
+          f"completing rerun {rerun.seconds:.0f}s")  # fmt: skip
