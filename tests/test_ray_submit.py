@@ -19,7 +19,7 @@ VENV_BIN = str(Path(sys.executable).parent)
 RUNTIME_ENV = {"env_vars": {"TF_USE_LEGACY_KERAS": "1"}, "excludes": [".venv", ".venv-s3", "artifacts", ".git"]}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
     """A private head on free ports, stopped by killing its process group (never `ray stop`, which kills every Ray)."""
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
