@@ -144,6 +144,7 @@ def test_pods_run_locked_down(case: str, rendered) -> None:
     for name, spec in pod_specs(rendered[case]).items():
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["automountServiceAccountToken"] is False, name
         for container in spec["containers"]:
             sc = container["securityContext"]
             assert (sc["runAsNonRoot"], sc["allowPrivilegeEscalation"], sc["capabilities"]) == (

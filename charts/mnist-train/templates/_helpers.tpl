@@ -170,6 +170,7 @@ seccompProfile:
 
 {{/* Pod spec fields shared by every pod of the release. */}}
 {{- define "mnist-train.podCommon" -}}
+automountServiceAccountToken: {{ .Values.automountServiceAccountToken }}
 {{- with .Values.serviceAccountName }}
 serviceAccountName: {{ . }}
 {{- end }}
