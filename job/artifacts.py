@@ -40,6 +40,27 @@ def prepare_output(config: TrainConfig) -> None:
     storage.probe_writable(config.output)
 
 
+RUN_SETTINGS = "run-settings.json"
+RESUME_KEYS = ("models", "epochs", "batch_size", "seed")
+
+
+def claim_run(config: TrainConfig, dataset: Dataset) -> None:
+    """Record what this run trains; a rerun that would resume it with other settings or data is refused."""
+    uri = storage.join(config.output, "checkpoints", config.run_name, RUN_SETTINGS)
+    settings = {**{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items() if k in RESUME_KEYS},
+                "dataset_sha256": dataset.sha256}  # fmt: skip
+    if storage.exists(uri):
+        before = json.loads(storage.read_bytes(uri))
+        changed = [f"{k} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v]
+        if changed:
+            raise ConfigError(
+                f"run {config.run_name} at {storage.redact(config.output)} is unfinished and would resume with other "
+                f"settings ({'; '.join(changed)}); rerun with the same settings, or use another --run-name"
+            )
+        return
+    storage.write_bytes(uri, json.dumps(settings, indent=1).encode())
+
+
 def write(config: TrainConfig, dataset: Dataset, checkpoint: Path, started: float) -> dict[str, Any]:
     """Upload models, histories and curves from the final checkpoint, then results.json."""
     from job.worker import RunState

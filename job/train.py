@@ -33,6 +33,7 @@ def run(config: TrainConfig) -> int:
         dataset = load(config.dataset, config.data_uri)
         _check_batch(config, dataset)
         artifacts.prepare_output(config)  # last: with --overwrite it deletes the old run, so only once inputs are good
+        artifacts.claim_run(config, dataset)
     except (ConfigError, DataError, storage.StorageError) as err:
         print(f"mnist-train: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -1,0 +1,36 @@
+"""The output contract: a resumed run must train what the first attempt trained."""
+
+import json
+
+import pytest
+
+from job import artifacts, data
+from job.config import ConfigError, TrainConfig
+
+from support import run_job
+
+
+def test_claim_run_records_settings_and_refuses_a_changed_resume(tmp_path) -> None:
+    sample = data.mnist_sample()
+    config = TrainConfig(output=str(tmp_path), run_name="r1", epochs=4, models=("mlp",))
+    artifacts.claim_run(config, sample)
+    recorded = json.loads((tmp_path / "checkpoints" / "r1" / artifacts.RUN_SETTINGS).read_text())
+    assert recorded == {"models": ["mlp"], "epochs": 4, "batch_size": 200, "seed": 7, "dataset_sha256": sample.sha256}
+    artifacts.claim_run(TrainConfig(output=str(tmp_path), run_name="r1", epochs=4, models=("mlp",), workers=1), sample)
+    with pytest.raises(ConfigError, match=r"would resume with other settings \(epochs 4 -> 6\)"):
+        artifacts.claim_run(TrainConfig(output=str(tmp_path), run_name="r1", epochs=6, models=("mlp",)), sample)
+    other = data.Dataset("x", "x", sample.x_train[:400], sample.y_train[:400], sample.x_test, sample.y_test)
+    with pytest.raises(ConfigError, match=r"dataset_sha256 "):
+        artifacts.claim_run(config, other)
+
+
+def test_cli_refuses_to_resume_with_other_epochs_before_starting_ray(tmp_path) -> None:
+    settings = tmp_path / "checkpoints" / "r1" / artifacts.RUN_SETTINGS
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"models": ["mlp"], "epochs": 4, "batch_size": 200, "seed": 7,
+                                    "dataset_sha256": data.mnist_sample().sha256}))  # fmt: skip
+    out = run_job("train", "--dataset", "mnist-sample", "--models", "mlp", "--epochs", "2", "--output", str(tmp_path),
+                  "--run-name", "r1")  # fmt: skip
+    assert out.returncode == 2
+    assert "run r1 at" in out.stderr and "(epochs 4 -> 2); rerun with the same settings" in out.stderr
+    assert not (tmp_path / "results.json").exists()
