@@ -80,7 +80,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     _add(p, "--batch-size", int, "200", "global batch size, split evenly across workers")
     _add(p, "--workers", int, "2", "number of Ray Train workers")
     _add_switch(p, "--gpu", "give each worker one GPU")
-    _add(p, "--cpus-per-worker", float, "1", "CPUs reserved per worker")
+    _add(p, "--cpus-per-worker", float, None, "CPUs per worker; default: cores/workers locally, 1 on a cluster")
     _add(
         p,
         "--dataset",
@@ -134,6 +134,13 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     _add(p, "--batch-size", int, "1000", "evaluation batch size")
 
 
+def default_cpus_per_worker(address: str | None, workers: int) -> float:
+    """Locally, share this machine's cores between the workers (TF sizes its thread pools from Ray's CPU share)."""
+    if address:
+        return 1.0
+    return float(max(1, (os.cpu_count() or 1) // max(workers, 1)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Train the Keras MNIST tutorial models as a distributed Ray Train job.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate}", parser_class=_Parser)
@@ -153,6 +160,7 @@ def parse(argv: Sequence[str] | None = None) -> TrainConfig | EvaluateConfig:
                 raise ConfigError("--model-uri is required; point it at a model.keras file or a run's <model>/ folder")
             return EvaluateConfig(**args)
         args["run_name"] = args["run_name"] or default_run_name()
+        args["cpus_per_worker"] = args["cpus_per_worker"] or default_cpus_per_worker(args["address"], args["workers"])
         args["output"] = args["output"] or os.path.join("artifacts", args["run_name"])
         return TrainConfig(**args)
     except ConfigError as err:

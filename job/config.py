@@ -55,7 +55,7 @@ class TrainConfig:
     batch_size: int = 200
     workers: int = 2
     gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0  # the CLI's default: this machine's cores shared out in local mode, else 1
     dataset: str = "mnist"
     data_uri: str | None = None
     output: str = ""

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from job import data as datamod
-from job.config import TrainConfig
-from job.models import DISPLAY_NAMES, evaluate
+from job.config import DISPLAY_NAMES, TrainConfig
 
 STATE_FILE = "state.json"
 
@@ -162,6 +161,8 @@ def _finish(name, model, dataset, state, exporter, rank) -> None:
     """After the last epoch: the chief measures the error on the full test set, as the tutorial does."""
     if rank != 0:
         return
+    from job.models import evaluate
+
     loss, error = evaluate(model, datamod.features(dataset.x_test, name), dataset.y_test)
     state.finished[name] = {
         "history": state.history,
