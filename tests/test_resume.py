@@ -64,9 +64,12 @@ def test_run_survives_a_killed_worker_and_resumes_from_its_checkpoint(killed: Ki
     assert resumed, killed.run.tail()
     at = int(resumed[1])
     printed = epochs_printed(killed.run.output)
-    # Epochs up to the checkpoint are never trained again; at most the epoch in flight at the kill is.
-    assert at >= 2 and printed[printed.index(at + 1) :] in ([*range(at + 1, EPOCHS + 1)], [])
-    assert sorted(set(printed)) == list(range(1, EPOCHS + 1)) and printed.count(1) == printed.count(2) == 1
+    # Epochs up to the checkpoint are never trained again. Epochs after it may have been printed before the kill (Ray
+    # had not yet collected their checkpoint); after the resume exactly the rest is trained, once.
+    assert at >= 2
+    assert epochs_printed(killed.run.output[resumed.end() :]) == list(range(at + 1, EPOCHS + 1))
+    assert all(printed.count(epoch) == 1 for epoch in range(1, at + 1))
+    assert sorted(set(printed)) == list(range(1, EPOCHS + 1))
     print(f"\nworker kill after epochs {killed.printed_at_kill}: resumed at epoch {at}, epochs printed {printed}, "
           f"kill->end {killed.kill_to_end_s:.1f}s, wall {killed.run.seconds:.0f}s")  # fmt: skip
 
