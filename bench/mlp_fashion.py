@@ -191,9 +191,27 @@ def run_one(name: str, workers: int, epochs: int, workdir: Path) -> Result:
     if workers == 0:
         cmd = [sys.executable, "-c", TUTORIAL.replace("EPOCHS", str(epochs))]
     else:
-        cmd = [sys.executable, "-m", "job", "train", "--models", "mlp", "--epochs", str(epochs), "--batch-size", "200",
-               "--workers", str(workers), "--dataset", "fashion_mnist", "--output", str(out / "run"),
-               "--run-name", f"bench-{name}", "--overwrite"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "job",
+            "train",
+            "--models",
+            "mlp",
+            "--epochs",
+            str(epochs),
+            "--batch-size",
+            "200",
+            "--workers",
+            str(workers),
+            "--dataset",
+            "fashion_mnist",
+            "--output",
+            str(out / "run"),
+            "--run-name",
+            f"bench-{name}",
+            "--overwrite",
+        ]
     result = Result(name, workers)
     print(f"== {name}: {' '.join(cmd[:2])} {'<tutorial script>' if workers == 0 else ' '.join(cmd[2:])}", flush=True)
     epoch_ends: dict[int, float] = {}
@@ -255,8 +273,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def table(results: dict[str, Result]) -> str:
     base = results.get("tutorial")
-    cols = [("wall s", "wall_s"), ("epoch s (2..E)", "epoch_s"), ("epoch cycle s", "cycle_s"),
-            ("start->1st epoch s", "first_step_s"), ("peak RSS MB", "peak_rss_mb"), ("peak PSS MB", "peak_pss_mb")]
+    cols = [
+        ("wall s", "wall_s"),
+        ("epoch s (2..E)", "epoch_s"),
+        ("epoch cycle s", "cycle_s"),
+        ("start->1st epoch s", "first_step_s"),
+        ("peak RSS MB", "peak_rss_mb"),
+        ("peak PSS MB", "peak_pss_mb"),
+    ]
     head = f"| run | {' | '.join(c for c, _ in cols)} | test error % | procs | CPU s | others' cores |"
     lines = [head, "|" + "---|" * (len(cols) + 5)]
     for r in results.values():
@@ -265,8 +289,10 @@ def table(results: dict[str, Result]) -> str:
             value, ref = getattr(r, attr), getattr(base, attr) if base else None
             ratio = _ratio(value, ref) if r is not base else None
             cells.append(_fmt(value, ".1f" if "mb" in attr else ".2f") + (f" (x{ratio:.2f})" if ratio else ""))
-        lines.append(f"| {r.name} | {' | '.join(cells)} | {_fmt(r.test_error_percent)} | {r.peak_processes} "
-                     f"| {r.cpu_s:.0f} | {r.others_cores:.2f} |")
+        lines.append(
+            f"| {r.name} | {' | '.join(cells)} | {_fmt(r.test_error_percent)} | {r.peak_processes} "
+            f"| {r.cpu_s:.0f} | {r.others_cores:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -286,11 +312,22 @@ def targets(results: dict[str, Result]) -> list[tuple[str, float | None, str]]:
 
 
 def machine() -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
     git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True)
-    return {"nproc": str(os.cpu_count()), "cpu": cpu, "git": git.stdout.strip(),
-            "date": time.strftime("%Y-%m-%d %H:%M %Z"), "rss_source": "/proc/<pid>/status VmRSS + smaps_rollup Pss"}
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "git": git.stdout.strip(),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "rss_source": "/proc/<pid>/status VmRSS + smaps_rollup Pss",
+    }
 
 
 def main() -> int:
@@ -298,8 +335,13 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=10, help="epochs per run (tutorial: 10)")
     parser.add_argument("--skip", action="append", default=[], choices=list(RUNS), help="leave out a run (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--quiet-below", type=float, default=0.0, metavar="CORES",
-                        help="before each run, wait (up to 10 min) until other work uses fewer cores than this")
+    parser.add_argument(
+        "--quiet-below",
+        type=float,
+        default=0.0,
+        metavar="CORES",
+        help="before each run, wait (up to 10 min) until other work uses fewer cores than this",
+    )
     parser.add_argument("--workdir", type=Path, help="keep outputs and timestamped logs here (default: temp, deleted)")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-mlp-"))
@@ -315,17 +357,23 @@ def main() -> int:
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    print("\nRSS/PSS: peak of the sum over the process tree (read from /proc every 0.2 s; psutil is not in the venv). "
-          "Ratios (xN) are against the tutorial.\n"
-          "others' cores: mean CPU use outside the run (other people's jobs); above 0.2 the figures are noisy.\n")
+    print(
+        "\nRSS/PSS: peak of the sum over the process tree (read from /proc every 0.2 s; psutil is not in the venv). "
+        "Ratios (xN) are against the tutorial.\n"
+        "others' cores: mean CPU use outside the run (other people's jobs); above 0.2 the figures are noisy.\n"
+    )
     print(table(results))
     rows = targets(results)
     print("\n| target | measured | aim |\n|---|---|---|")
     for what, value, aim in rows:
         print(f"| {what} | {_fmt(value)} | {aim} |")
     if args.json:
-        figures = {"machine": info, "epochs": args.epochs, "runs": {n: asdict(r) for n, r in results.items()},
-                   "targets": [{"what": w, "measured": v, "aim": a} for w, v, a in rows]}
+        figures = {
+            "machine": info,
+            "epochs": args.epochs,
+            "runs": {n: asdict(r) for n, r in results.items()},
+            "targets": [{"what": w, "measured": v, "aim": a} for w, v, a in rows],
+        }
         args.json.write_text(json.dumps(figures, indent=1))
     return 0 if all(r.returncode == 0 for r in results.values()) else 1
 
