@@ -1,4 +1,4 @@
-"""Worker loss on a real local run: SIGKILL of a non-chief Ray Train worker mid-run; the run resumes from its last
+"""Worker loss on a real local run: SIGKILL of a Ray Train worker (chief or not) mid-run; the run resumes from its last
 checkpoint and finishes with every epoch exactly once. The same run holds the metrics port busy (fallback row of the
 bad-input catalogue). The driver-loss case runs against S3 in test_s3_runs.py."""
 
@@ -36,19 +36,19 @@ def epochs_printed(text: str) -> list[int]:
     return [int(n) for n in re.findall(rf"mlp\s+epoch\s+(\d+)/{EPOCHS}", text)]
 
 
-@pytest.fixture(scope="module")
-def killed(tmp_path_factory: pytest.TempPathFactory) -> KilledRun:
+@pytest.fixture(scope="module", params=["non-chief", "chief"])
+def killed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> KilledRun:
     output = tmp_path_factory.mktemp("resume") / "out"
     busy = socket.create_server(("0.0.0.0", 0))  # the metrics port is taken: the workers must fall back
     port = busy.getsockname()[1]
     run = LiveRun(
         "--dataset", "mnist-sample", "--models", "mlp", "--epochs", str(EPOCHS), "--workers", "2",
-        "--output", str(output), "--run-name", "kill-worker", "--metrics-port", str(port),
+        "--output", str(output), "--run-name", f"kill-{request.param}", "--metrics-port", str(port),
     )  # fmt: skip
     try:
         chief = int(run.wait_for(EPOCH_LINE.format(r"\s*2"))[1])  # rank 0 prints the progress lines
-        wait_registered((output / "checkpoints" / "kill-worker" / SNAPSHOT).read_bytes, 2)
-        victim = next(pid for pid in run.train_workers() if pid != chief)
+        wait_registered((output / "checkpoints" / f"kill-{request.param}" / SNAPSHOT).read_bytes, 2)
+        victim = chief if request.param == "chief" else next(pid for pid in run.train_workers() if pid != chief)
         os.kill(victim, signal.SIGKILL)
         killed_at, printed = time.monotonic(), epochs_printed(run.output)
         code = run.finish()
@@ -70,7 +70,8 @@ def test_run_survives_a_killed_worker_and_resumes_from_its_checkpoint(killed: Ki
     assert epochs_printed(killed.run.output[resumed.end() :]) == list(range(at + 1, EPOCHS + 1))
     assert all(printed.count(epoch) == 1 for epoch in range(1, at + 1))
     assert sorted(set(printed)) == list(range(1, EPOCHS + 1))
-    print(f"\nworker kill after epochs {killed.printed_at_kill}: resumed at epoch {at}, epochs printed {printed}, "
+    who = "chief" if killed.victim == killed.chief else "non-chief"
+    print(f"\n{who} kill after epochs {killed.printed_at_kill}: resumed at epoch {at}, epochs printed {printed}, "
           f"kill->end {killed.kill_to_end_s:.1f}s, wall {killed.run.seconds:.0f}s")  # fmt: skip
 
 
