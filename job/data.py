@@ -12,6 +12,7 @@ import logging
 import os
 import zipfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
 
-    @property
+    @cached_property
     def sha256(self) -> str:
         """Digest of the array contents, the same whatever file format they came from."""
         digest = hashlib.sha256()
@@ -153,7 +154,7 @@ def from_npz(raw: bytes, source: str, name: str) -> Dataset:
 def from_idx_folder(uri: str, name: str) -> Dataset:
     arrays = {}
     for split, filename in IDX_FILES.items():
-        file_uri = storage.join(uri, filename) if "://" in uri else os.path.join(uri, filename)
+        file_uri = storage.join(uri, filename)
         if not storage.exists(file_uri):
             raise DataError(
                 f"{storage.redact(uri)}: no {filename}; an IDX folder needs {', '.join(IDX_FILES.values())}"

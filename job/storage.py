@@ -29,10 +29,6 @@ def redact(uri: str) -> str:
     return re.sub(r"^([a-z0-9+.-]+://)[^/@]*@", r"\1", uri, flags=re.I)
 
 
-def is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem and the path inside it for a local path or a URI."""
     if "://" not in uri:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -9,6 +10,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from job import artifacts, storage
@@ -134,33 +136,26 @@ def _check_resources(config: TrainConfig, cluster: dict[str, float]) -> None:
         )
 
 
-class _ray_session:
-    """Join the cluster at --address, or start a private local Ray and shut it down afterwards."""
+@contextlib.contextmanager
+def _ray_session(config: TrainConfig) -> Iterator[None]:
+    """Join the cluster at --address, or start a private local Ray; shut it down afterwards."""
+    import ray
 
-    def __init__(self, config: TrainConfig):
-        self.config = config
-
-    def __enter__(self) -> None:
-        import ray
-
-        os.environ.update(WORKER_ENV)
-        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(self.config.start_timeout))
-        if self.config.address:
-            log.info("joining the Ray cluster at %s", self.config.address)
-            # No runtime_env here: a submitted job's own runtime_env must not be overridden (Ray refuses the merge);
-            # the workers get WORKER_ENV through RunConfig.worker_runtime_env.
-            ray.init(address=self.config.address, log_to_driver=True)
-        else:
-            cpus = max(os.cpu_count() or 1, int(self.config.workers * self.config.cpus_per_worker + 0.999))
-            log.info("starting a local Ray instance with %d CPUs for %d workers", cpus, self.config.workers)
-            # address="local": always a private instance, even when another Ray runs on this machine.
-            ray.init(
-                address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True, configure_logging=False
-            )
-
-    def __exit__(self, *exc) -> None:
-        import ray
-
+    os.environ.update(WORKER_ENV)
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(config.start_timeout))
+    if config.address:
+        log.info("joining the Ray cluster at %s", config.address)
+        # No runtime_env here: a submitted job's own runtime_env must not be overridden (Ray refuses the merge);
+        # the workers get WORKER_ENV through RunConfig.worker_runtime_env.
+        ray.init(address=config.address, log_to_driver=True)
+    else:
+        cpus = max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker + 0.999))
+        log.info("starting a local Ray instance with %d CPUs for %d workers", cpus, config.workers)
+        # address="local": always a private instance, even when another Ray runs on this machine.
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    try:
+        yield
+    finally:
         ray.shutdown()
 
 

@@ -109,7 +109,8 @@ def _train_model(name, config, dataset, strategy, state, restored, exporter) -> 
     else:
         state.current, state.history = name, []
     x_train = datamod.features(dataset.x_train, name)
-    val = _validation_data(tf, datamod.features(dataset.x_test, name), dataset.y_test, config.batch_size)
+    x_test = datamod.features(dataset.x_test, name)
+    val = _validation_data(tf, x_test, dataset.y_test, config.batch_size)
     steps = len(dataset.y_train) // config.batch_size
     callback = exporter.callback(name, samples_per_epoch=steps * config.per_worker_batch)
     for epoch in range(len(state.history), config.epochs):
@@ -134,7 +135,7 @@ def _train_model(name, config, dataset, strategy, state, restored, exporter) -> 
         state.history.append(record)
         last = epoch + 1 == config.epochs
         if last:
-            _finish(name, model, dataset, state, exporter, rank)
+            _finish(name, model, x_test, dataset.y_test, state, exporter, rank)
         _report(config, state, record, name, tf_checkpoint, model if last else None, rank)
 
 
@@ -157,13 +158,13 @@ def _validation_data(tf, x, y, global_batch):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch).with_options(options)
 
 
-def _finish(name, model, dataset, state, exporter, rank) -> None:
+def _finish(name, model, x_test, y_test, state, exporter, rank) -> None:
     """After the last epoch: the chief measures the error on the full test set, as the tutorial does."""
     if rank != 0:
         return
     from job.models import evaluate
 
-    loss, error = evaluate(model, datamod.features(dataset.x_test, name), dataset.y_test)
+    loss, error = evaluate(model, x_test, y_test)
     state.finished[name] = {
         "history": state.history,
         "test_loss": loss,
