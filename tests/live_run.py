@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from support import ROOT
+from support import ROOT, free_port
 
 
 def _children() -> dict[int, list[int]]:
@@ -189,9 +189,7 @@ class MotoServer:
 
     def __init__(self) -> None:
         assert MOTO.exists(), f"{MOTO} is missing; run tools/install-test-deps.sh (make test does)"
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [str(MOTO), "-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -40,7 +40,7 @@ def test_redact_drops_credentials_from_uris() -> None:
 
 
 def test_s3_round_trip_with_credentials_from_env(s3) -> None:
-    s3.create_bucket("runs")
+    s3.filesystem().create_dir("runs")
     storage.probe_writable("s3://runs/r1")
     storage.write_bytes("s3://runs/r1/results.json", b'{"ok": true}')
     assert storage.read_bytes("s3://runs/r1/results.json") == b'{"ok": true}'
@@ -56,7 +56,7 @@ def test_s3_missing_bucket_fails_the_probe(s3) -> None:
 
 
 def test_s3_write_retries_then_names_the_uri(s3, monkeypatch) -> None:
-    s3.create_bucket("runs")
+    s3.filesystem().create_dir("runs")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setattr(storage, "RETRY_ATTEMPTS", 2)
     with pytest.raises(storage.StorageError, match=r"cannot write s3://runs/x.json after 2 attempts"):

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from support import free_port  # tests/ is on sys.path (tests/conftest.py)
+
 INSTALL_HINT = "install it with tools/install-test-deps.sh (Debian packages prometheus, prometheus-pushgateway)"
 
 
@@ -24,12 +26,6 @@ def binary(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not on PATH; {INSTALL_HINT}", pytrace=False)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_is_free(port: int) -> bool:

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import tf_keras
 from prometheus_client.parser import text_string_to_metric_families
-from promlib import Prometheus, Server, binary, free_port, free_port_range, http_get
+from promlib import Prometheus, Server, binary, free_port_range, http_get
 
 from job import dashboard, metrics
 from job.config import TrainConfig
+
+from support import free_port
 
 RUN = "unit-run"
 
