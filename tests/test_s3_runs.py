@@ -98,7 +98,9 @@ def test_killed_driver_rerun_resumes_from_the_bucket(moto: MotoServer, resumed: 
     assert resumed["code"] == 0, second.tail()
     at = int(second.wait_for(r"resuming from checkpoint: finished none, mlp at epoch (\d)", timeout=1)[1])
     before, after = epochs_printed(first.output, EPOCHS), epochs_printed(second.output, EPOCHS)
-    assert at >= 2 and before[:at] == list(range(1, at + 1))
+    # The first run trained 1..at (its checkpoint says so); its progress lines may lag the checkpoint by an epoch, as
+    # Ray forwards worker logs asynchronously, so they are only checked to be in order from 1.
+    assert at >= 2 and len(before) >= 2 and before == list(range(1, len(before) + 1))
     assert after == list(range(at + 1, EPOCHS + 1))  # nothing the first run checkpointed is trained again
     results = json.loads(moto.filesystem().open_input_stream(f"{BUCKET}/{RUN}/results.json").read())
     mlp = results["models"]["mlp"]
