@@ -8,3 +8,17 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
+
+
+def versions() -> dict[str, str]:
+    """The versions a result was made with, read from package metadata (no TensorFlow import)."""
+    import platform
+    from importlib.metadata import version
+
+    return {
+        "mnist_train": __version__,
+        "tensorflow": version("tensorflow"),
+        "tf_keras": version("tf-keras"),
+        "ray": version("ray"),
+        "python": platform.python_version(),
+    }

@@ -5,11 +5,10 @@ results.json exists only for a finished run, so its presence means "complete".
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import platform
+import shutil
 import subprocess
 import tempfile
 import time
@@ -18,12 +17,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from job import __version__, storage
+from job import storage, versions
+from job.checkpoint import MODEL_FILE, SAVED_MODEL, RunState
 from job.config import DISPLAY_NAMES, ConfigError, TrainConfig
 from job.data import Dataset
 
 RESULTS = "results.json"
-HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_second")
+HISTORY_FIELDS = (
+    "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_second",
+    "examples", "distinct_examples", "max_uses", "steps", "global_batch_min", "global_batch_max",
+)  # fmt: skip
 
 
 def prepare_output(config: TrainConfig) -> None:
@@ -63,39 +66,37 @@ def claim_run(config: TrainConfig, dataset: Dataset) -> None:
 
 def write(config: TrainConfig, dataset: Dataset, checkpoint: Path, started: float) -> dict[str, Any]:
     """Upload models, histories and curves from the final checkpoint, then results.json."""
-    from job.worker import RunState
-
     state = RunState.load(checkpoint)
     missing = [name for name in config.models if name not in state.finished]
     if missing:
         raise RuntimeError(f"the final checkpoint lacks finished models: {', '.join(missing)}")
-    staging = Path(tempfile.mkdtemp(prefix="mnist-artifacts-"))
-    models = {}
-    for name in config.models:
-        models[name] = _stage_model(name, checkpoint, staging, state.finished[name])
-    _plot_curves({name: m["history"] for name, m in models.items()}, staging / "curves.png")
-    storage.upload_dir(staging, config.output)
-    results = _results(config, dataset, models, started)
+    with tempfile.TemporaryDirectory(prefix="mnist-artifacts-") as tmp:
+        staging = Path(tmp)
+        for name in config.models:
+            _stage_model(checkpoint / name, staging / name, state.finished[name]["history"])
+        histories = {name: state.finished[name]["history"] for name in config.models}
+        _plot_curves(histories, staging / "curves.png")
+        storage.upload_dir(staging, config.output)
+    results = _results(config, dataset, {name: _model_results(state.finished[name]) for name in config.models}, started)
     storage.write_bytes(storage.join(config.output, RESULTS), json.dumps(results, indent=2).encode())
     return results
 
 
-def _stage_model(name: str, checkpoint: Path, staging: Path, finished: dict[str, Any]) -> dict[str, Any]:
-    import tf_keras
-
-    folder = staging / name
+def _stage_model(exported: Path, folder: Path, history: list[dict[str, Any]]) -> None:
     folder.mkdir(parents=True)
-    (folder / "model.keras").write_bytes((checkpoint / name / "model.keras").read_bytes())
-    model = tf_keras.models.load_model(folder / "model.keras")
-    with contextlib.redirect_stdout(io.StringIO()):  # export() prints every captured tensor
-        model.export(str(folder / "saved_model"))
-    (folder / "history.csv").write_text(history_csv(finished["history"]))
+    shutil.copy(exported / MODEL_FILE, folder / MODEL_FILE)
+    shutil.copytree(exported / SAVED_MODEL, folder / SAVED_MODEL)
+    (folder / "history.csv").write_text(history_csv(history))
+
+
+def _model_results(finished: dict[str, Any]) -> dict[str, Any]:
     return {
         "test_error": finished["test_error"],
         "test_error_percent": round(finished["test_error"] * 100, 4),
         "test_loss": finished["test_loss"],
-        "params": int(model.count_params()),
+        "params": finished["params"],
         "train_seconds": finished["train_seconds"],
+        "devices": finished["devices"],
         "history": finished["history"],
     }
 
@@ -132,6 +133,7 @@ def _plot_curves(histories: dict[str, list[dict[str, float]]], path: Path) -> No
 
 def _results(config: TrainConfig, dataset: Dataset, models: dict, started: float) -> dict[str, Any]:
     finished = time.time()
+    devices = next(iter(models.values()))["devices"]  # what the chief trained on, as TensorFlow saw it
     return {
         "run_name": config.run_name,
         "status": "succeeded",
@@ -140,7 +142,8 @@ def _results(config: TrainConfig, dataset: Dataset, models: dict, started: float
         "wall_seconds": round(finished - started, 3),
         "dataset": dataset.describe(),
         "workers": config.workers,
-        "gpu": config.gpu,
+        "gpu": devices["type"] == "GPU",
+        "devices": devices,
         "seed": config.seed,
         "epochs": config.epochs,
         "batch_size": config.batch_size,
@@ -148,20 +151,6 @@ def _results(config: TrainConfig, dataset: Dataset, models: dict, started: float
         "versions": versions(),
         "git_sha": git_sha(),
         "models": models,
-    }
-
-
-def versions() -> dict[str, str]:
-    import ray
-    import tensorflow as tf
-    import tf_keras
-
-    return {
-        "mnist_train": __version__,
-        "tensorflow": tf.__version__,
-        "tf_keras": tf_keras.__version__,
-        "ray": ray.__version__,
-        "python": platform.python_version(),
     }
 
 

@@ -5,13 +5,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from job.config import DATASETS, MODEL_NAMES, ConfigError, EvaluateConfig, TrainConfig, default_run_name
+from job.data import DataError
+from job.errors import root_cause
+from job.storage import redact
 
 ENV_PREFIX = "MNIST_TRAIN_"
 PROG = "mnist-train"
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -119,6 +126,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     _add(p, "--max-failures", int, "2", "worker-group restarts Ray Train may do before the run fails (-1 = no limit)")
     _add(p, "--steps-per-execution", int, "1", "training steps per tf.function call (higher is faster on CPU)")
     _add(p, "--start-timeout", float, "120", "seconds to wait for Ray to place the workers before giving up")
+    _add_switch(p, "--mixed-precision", "compute in float16 on GPUs (bfloat16 on CPUs), keep float32 weights")
+    _add_switch(p, "--jit-compile", "compile the training step with XLA")
+    _add_switch(p, "--verbose", "show Ray's and TensorFlow's own log lines too (they always go to the log file)")
+    _add(p, "--log-file", _optional, None, "the run's full log; default <output>/run.log, or ./<run-name>.log")
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
@@ -168,14 +179,38 @@ def parse(argv: Sequence[str] | None = None) -> TrainConfig | EvaluateConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; the one place that turns errors into one line on stderr and an exit code."""
     config = parse(argv)
-    if isinstance(config, EvaluateConfig):
-        from job import evaluate
+    try:
+        if isinstance(config, EvaluateConfig):
+            from job import evaluate
 
-        return evaluate.run(config)
-    from job import train
+            evaluate.run(config)
+            return 0
+        return _train(config)
+    except (ConfigError, DataError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as err:  # the run failed for good: one clear line, no results.json
+        print(f"{PROG}: error: run failed: {redact(root_cause(err))}", file=sys.stderr)
+        return EXIT_FAILED
 
-    return train.run(config)
+
+def _train(config: TrainConfig) -> int:
+    from job import console, metrics, train
+
+    dataset = train.check_inputs(config)
+    started, status, tests = time.time(), "failed", {}
+    log = console.setup(Path(config.log_path), config.verbose)
+    print(f"log: {config.log_path}", flush=True)
+    try:
+        results = train.run(config, dataset, log)
+        status = "succeeded"
+        tests = {name: (m["test_loss"], m["test_error"]) for name, m in results["models"].items()}
+    finally:
+        metrics.push_run_end(config, status=status, test_results=tests, started_at=started, finished_at=time.time())
+        log.close()
+    return 0
 
 
 if __name__ == "__main__":

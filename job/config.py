@@ -68,6 +68,10 @@ class TrainConfig:
     max_failures: int = 2
     steps_per_execution: int = 1
     start_timeout: float = 120.0
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    verbose: bool = False
+    log_file: str | None = None  # None: <output>/run.log for a local --output, else ./<run-name>.log
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -107,6 +111,13 @@ class TrainConfig:
     @property
     def per_worker_batch(self) -> int:
         return self.batch_size // self.workers
+
+    @property
+    def log_path(self) -> str:
+        if self.log_file:
+            return self.log_file
+        local = "://" not in self.output or self.output.startswith("file://")
+        return f"{self.output.removeprefix('file://').rstrip('/')}/run.log" if local else f"{self.run_name}.log"
 
 
 @dataclass(frozen=True)

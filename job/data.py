@@ -225,14 +225,6 @@ def _first_line(err: BaseException) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
-def features(x: np.ndarray, model_name: str) -> np.ndarray:
-    """Scale pixels to 0-1 and shape them for the model: flat for the MLP, (28, 28, 1) for the CNNs."""
-    from job.models import input_shape
-
-    scaled = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-    return scaled.reshape((-1, *input_shape(model_name)))
-
-
 def epoch_indices(n: int, epoch: int, seed: int, rank: int, workers: int, global_batch: int) -> np.ndarray:
     """The training examples worker `rank` sees in `epoch`, in order.
 
@@ -243,8 +235,3 @@ def epoch_indices(n: int, epoch: int, seed: int, rank: int, workers: int, global
     permutation = np.random.default_rng([seed, epoch]).permutation(n)
     usable = n - n % global_batch
     return permutation[:usable].reshape(-1, workers, global_batch // workers)[:, rank, :].reshape(-1)
-
-
-def write_npz(dataset: Dataset, path: str | Path) -> None:
-    """Write a data set as an .npz (used by the benchmark and tests to stage data)."""
-    np.savez_compressed(path, **{k: getattr(dataset, k) for k in SPLITS})

@@ -2,44 +2,39 @@
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 from job import storage
-from job.config import EvaluateConfig
-from job.data import DataError, features, load
+from job.checkpoint import MODEL_FILE
+from job.config import ConfigError, EvaluateConfig
+from job.data import load
 
 
-def run(config: EvaluateConfig) -> int:
+def run(config: EvaluateConfig) -> tuple[float, float]:
+    """Print and return the model's (test loss, test error)."""
+    dataset = load(config.dataset, config.data_uri)
+    target = (
+        config.model_uri
+        if config.model_uri.rstrip("/").endswith(".keras")
+        else storage.join(config.model_uri, MODEL_FILE)
+    )
     try:
-        dataset = load(config.dataset, config.data_uri)
-        local = _fetch(config.model_uri)
-    except (DataError, storage.StorageError) as err:
-        print(f"mnist-train: error: {err}", file=sys.stderr)
-        return 2
-    import tf_keras
+        if not storage.exists(target):
+            raise ConfigError(
+                f"no {MODEL_FILE} at {storage.redact(target)}; point --model-uri at a run's <model>/ folder or a "
+                f"{MODEL_FILE} file"
+            )
+        raw = storage.read_bytes(target)
+    except storage.StorageError as err:
+        raise ConfigError(str(err)) from None
+    from job import models
 
-    from job.models import evaluate
-
-    model = tf_keras.models.load_model(local)
-    shape = model.input_shape[1:]
-    x = features(dataset.x_test, "mlp" if len(shape) == 1 else "cnn")
-    loss, error = evaluate(model, x, dataset.y_test)
+    with tempfile.TemporaryDirectory(prefix="mnist-eval-") as tmp:
+        (Path(tmp) / MODEL_FILE).write_bytes(raw)
+        model = models.load(Path(tmp) / MODEL_FILE)
+    loss, error = models.evaluate(model, models.features(dataset.x_test, model), dataset.y_test)
     print(
         f"{model.name} on {dataset.name} ({len(dataset.y_test)} test images): error {error * 100:.2f}%, loss {loss:.4f}"
     )
-    return 0
-
-
-def _fetch(uri: str) -> Path:
-    """Download model.keras (given directly, or inside a run's <model>/ folder) to a local temp file."""
-    target = uri if uri.rstrip("/").endswith(".keras") else storage.join(uri, "model.keras")
-    if not storage.exists(target):
-        raise storage.StorageError(
-            f"no model.keras at {storage.redact(target)}; point --model-uri at a run's <model>/ "
-            "folder or a model.keras file"
-        )
-    local = Path(tempfile.mkdtemp(prefix="mnist-eval-")) / "model.keras"
-    local.write_bytes(storage.read_bytes(target))
-    return local
+    return loss, error

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a training run: one Keras callback, a /metrics server per worker, Pushgateway pushes.
+"""Prometheus metrics of a training run: per-epoch records, a /metrics server per worker, Pushgateway pushes.
 
 Two routes, both optional: every worker serves /metrics while it trains (`--metrics-port`), and every worker pushes its
 series to a Pushgateway after each epoch (`--pushgateway`); the driver pushes the run's outcome at the end. A metric
@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import errno
 import logging
-import platform
 import time
 from collections.abc import Callable, Iterable, Mapping
 from http.server import HTTPServer
 
-import tf_keras
 from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway, start_http_server
 from prometheus_client.metrics_core import Metric
 
-from job import __version__
+from job import versions
 from job.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -34,8 +32,8 @@ SPLIT_KEYS = {"train": ("loss", "accuracy"), "val": ("val_loss", "val_accuracy")
 WORKER_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "mnist_train_info": (
         "Run metadata; always 1.",
-        ("dataset", "workers", "gpu", "version", "python_version", "tensorflow_version", "tf_keras_version")
-        + ("ray_version",),
+        ("dataset", "workers", "gpu", "device_type", "device_name", "devices", "version", "python_version")
+        + ("tensorflow_version", "tf_keras_version", "ray_version"),
     ),
     "mnist_train_run_start_timestamp_seconds": ("Unix time the run (as seen by this process) started.", ()),
     "mnist_train_epoch_loss": ("Loss at the end of an epoch (chief only).", ("model", "split", "epoch")),
@@ -44,14 +42,17 @@ WORKER_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("model", "split", "epoch"),
     ),
     "mnist_train_epoch_duration_seconds": ("Wall time of an epoch incl. validation (chief only).", ("model", "epoch")),
-    "mnist_train_samples_per_second": ("Training samples per second of this worker in its last epoch.", ("model",)),
+    "mnist_train_samples_per_second": (
+        "Training examples per second of this worker in its last epoch, counted from its batches.",
+        ("model",),
+    ),
     "mnist_train_epochs_completed": ("Epochs finished so far (1-based, counts resumed epochs).", ("model",)),
     "mnist_train_epochs_planned": ("Epochs this run trains per model.", ("model",)),
     "mnist_train_test_loss": ("Loss on the full test set after training.", ("model",)),
     "mnist_train_test_error_ratio": ("Error (0-1) on the full test set after training.", ("model",)),
 }
 WORKER_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "mnist_train_samples": ("Training samples processed by this worker.", ("model",)),
+    "mnist_train_samples": ("Training examples this worker's steps consumed, counted from its batches.", ("model",)),
 }
 RUN_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "mnist_train_run_start_timestamp_seconds": WORKER_GAUGES["mnist_train_run_start_timestamp_seconds"],
@@ -61,19 +62,6 @@ RUN_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "mnist_train_test_loss": WORKER_GAUGES["mnist_train_test_loss"],
     "mnist_train_test_error_ratio": WORKER_GAUGES["mnist_train_test_error_ratio"],
 }
-
-
-def _versions() -> dict[str, str]:
-    import ray
-    import tensorflow as tf
-
-    return {
-        "version": __version__,
-        "python_version": platform.python_version(),
-        "tensorflow_version": tf.__version__,
-        "tf_keras_version": tf_keras.__version__,
-        "ray_version": ray.__version__,
-    }
 
 
 class _Subset:
@@ -164,7 +152,9 @@ def _metrics(registry: CollectorRegistry, labels: tuple[str, ...]) -> dict[str, 
 class WorkerMetrics:
     """The metrics of one worker process: its own registry, optional /metrics server and optional Pushgateway pushes."""
 
-    def __init__(self, config: TrainConfig, rank: int, world_size: int, dataset_name: str) -> None:
+    def __init__(
+        self, config: TrainConfig, rank: int, world_size: int, dataset_name: str, device: Mapping[str, object]
+    ) -> None:
         _ensure_log_output()
         self.config, self.rank, self.chief = config, rank, rank == 0
         self.who = f"rank {rank}"
@@ -172,7 +162,15 @@ class WorkerMetrics:
         self._m = _metrics(self.registry, ("run", "rank"))
         self._ids = {"run": config.run_name, "rank": str(rank)}
         self._models: list[str] = []
-        info = {"dataset": dataset_name, "workers": str(world_size), "gpu": str(config.gpu).lower(), **_versions()}
+        info = {
+            "dataset": dataset_name,
+            "workers": str(world_size),
+            "gpu": str(device["type"] == "GPU").lower(),
+            "device_type": str(device["type"]),
+            "device_name": str(device["name"]),
+            "devices": str(device["count"]),
+            **{f"{k}_version" if k != "mnist_train" else "version": v for k, v in versions().items()},
+        }
         self._m["mnist_train_info"].labels(**self._ids, **info).set(1)
         self._m["mnist_train_run_start_timestamp_seconds"].labels(**self._ids).set(time.time())
         self._pusher = _Pusher(config.pushgateway, self.who) if config.pushgateway else None
@@ -180,27 +178,26 @@ class WorkerMetrics:
         if config.metrics_port > 0:
             self._server, self.port = _serve(self.registry, config.metrics_port, self.who)
 
-    def callback(self, model_name: str, samples_per_epoch: int) -> EpochMetrics:
-        """The Keras callback that records `model_name`'s epochs; `samples_per_epoch` is what this worker trains on."""
-        if model_name not in self._models:
-            self._models.append(model_name)
-        self._m["mnist_train_epochs_planned"].labels(**self._ids, model=model_name).set(self.config.epochs)
-        return EpochMetrics(self, model_name, samples_per_epoch)
+    def record_epoch(self, model: str, record: Mapping[str, float], local_examples: int) -> None:
+        """Record a finished epoch (`record` as in the history: 1-based epoch, Keras logs, seconds) and push it.
 
-    def record_epoch(self, model: str, epoch: int, logs: Mapping[str, float], seconds: float, samples: int) -> None:
-        """Record a finished epoch (`epoch` is 1-based) and push it."""
-        ids = {**self._ids, "model": model}
+        `local_examples` is what this worker's steps trained on, counted from the batches.
+        """
+        ids, epoch, seconds = {**self._ids, "model": model}, int(record["epoch"]), float(record["seconds"])
+        if model not in self._models:
+            self._models.append(model)
         if self.chief:
             for split, (loss_key, accuracy_key) in SPLIT_KEYS.items():
                 labels = {**ids, "split": split, "epoch": str(epoch)}
-                if loss_key in logs:
-                    self._m["mnist_train_epoch_loss"].labels(**labels).set(float(logs[loss_key]))
-                if accuracy_key in logs:
-                    self._m["mnist_train_epoch_accuracy_ratio"].labels(**labels).set(float(logs[accuracy_key]))
+                if loss_key in record:
+                    self._m["mnist_train_epoch_loss"].labels(**labels).set(float(record[loss_key]))
+                if accuracy_key in record:
+                    self._m["mnist_train_epoch_accuracy_ratio"].labels(**labels).set(float(record[accuracy_key]))
             self._m["mnist_train_epoch_duration_seconds"].labels(**ids, epoch=str(epoch)).set(seconds)
-        self._m["mnist_train_samples_per_second"].labels(**ids).set(samples / seconds if seconds > 0 else 0.0)
-        self._m["mnist_train_samples"].labels(**ids).inc(samples)
+        self._m["mnist_train_samples_per_second"].labels(**ids).set(local_examples / seconds if seconds > 0 else 0.0)
+        self._m["mnist_train_samples"].labels(**ids).inc(local_examples)
         self._m["mnist_train_epochs_completed"].labels(**ids).set(epoch)
+        self._m["mnist_train_epochs_planned"].labels(**ids).set(self.config.epochs)
         self.push(model)
 
     def record_test(self, model_name: str, test_loss: float, test_error: float) -> None:
@@ -225,23 +222,6 @@ class WorkerMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-
-class EpochMetrics(tf_keras.callbacks.Callback):
-    """Records one model's epochs into a WorkerMetrics; the one callback class shared by all models."""
-
-    def __init__(self, exporter: WorkerMetrics, model_name: str, samples_per_epoch: int) -> None:
-        super().__init__()
-        self.exporter, self.model_name, self.samples_per_epoch = exporter, model_name, samples_per_epoch
-        self._started: float | None = None
-
-    def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-        self._started = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-        seconds = time.perf_counter() - self._started if self._started is not None else 0.0
-        self._started = None
-        self.exporter.record_epoch(self.model_name, epoch + 1, logs or {}, seconds, self.samples_per_epoch)
 
 
 def _run_registry(

@@ -7,68 +7,60 @@ import logging
 import os
 import re
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TextIO
 
-from job import artifacts, storage
+from job import artifacts, console, storage
 from job.config import ConfigError, TrainConfig
-from job.data import DataError, Dataset, load
+from job.data import Dataset, load
 
 log = logging.getLogger("mnist-train")
 
 # Every process that may import TensorFlow needs these before it does (see job/__init__.py).
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
 
 
-def run(config: TrainConfig) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("tensorflow", "absl"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    started = time.time()
+def check_inputs(config: TrainConfig) -> Dataset:
+    """Everything that can be checked before training, fast; a problem raises ConfigError or DataError."""
     try:
         check_reachable(config.address)
         dataset = load(config.dataset, config.data_uri)
         _check_batch(config, dataset)
         artifacts.prepare_output(config)  # last: with --overwrite it deletes the old run, so only once inputs are good
         artifacts.claim_run(config, dataset)
-    except (ConfigError, DataError, storage.StorageError) as err:
-        print(f"mnist-train: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except storage.StorageError as err:
+        raise ConfigError(str(err)) from None
+    return dataset
+
+
+def run(config: TrainConfig, dataset: Dataset, log_stream: TextIO) -> dict[str, Any]:
+    """Train on Ray and write the artifacts; return results.json's content. Errors propagate to the CLI."""
+    started = time.time()
     _print_plan(config, dataset)
-    try:
-        with _ray_session(config):
-            checkpoint_dir = _fit(config, dataset)
-        results = artifacts.write(config, dataset, checkpoint_dir, started=started)
-    except ConfigError as err:
-        print(f"mnist-train: error: {err}", file=sys.stderr)
-        _push_end(config, "failed", {}, started)
-        return EXIT_BAD_INPUT
-    except Exception as err:  # training or upload failed for good: one clear line, no results.json
-        print(f"mnist-train: error: run failed: {storage.redact(_one_line(err))}", file=sys.stderr)
-        _push_end(config, "failed", {}, started)
-        return EXIT_FAILED
+    with _ray_session(config, log_stream), tempfile.TemporaryDirectory(prefix="mnist-final-") as final:
+        _fit(config, dataset, Path(final))
+        results = artifacts.write(config, dataset, Path(final), started=started)
     artifacts.print_summary(results)
-    _push_end(config, "succeeded", results["models"], started)
-    return 0
+    return results
 
 
-def _fit(config: TrainConfig, dataset: Dataset) -> Path:
-    """Run train_loop_per_worker on the Ray Train workers; return the final checkpoint, downloaded."""
+def _fit(config: TrainConfig, dataset: Dataset, final: Path) -> None:
+    """Run train_loop_per_worker on the Ray Train workers; download the final checkpoint into `final`."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
+    from job.backend import TensorflowConfig
     from job.worker import train_loop_per_worker
 
     _check_resources(config, ray.cluster_resources())
-    trainer = TensorflowTrainer(
+    trainer = DataParallelTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config, "data": ray.put(dataset)},
+        backend_config=TensorflowConfig(),
         scaling_config=ScalingConfig(
             num_workers=config.workers, use_gpu=config.gpu, resources_per_worker=_worker_resources(config)
         ),
@@ -84,7 +76,7 @@ def _fit(config: TrainConfig, dataset: Dataset) -> Path:
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint")
-    return Path(result.checkpoint.to_directory(tempfile.mkdtemp(prefix="mnist-final-")))
+    result.checkpoint.to_directory(str(final))
 
 
 def _check_batch(config: TrainConfig, dataset: Dataset) -> None:
@@ -137,10 +129,11 @@ def _check_resources(config: TrainConfig, cluster: dict[str, float]) -> None:
 
 
 @contextlib.contextmanager
-def _ray_session(config: TrainConfig) -> Iterator[None]:
+def _ray_session(config: TrainConfig, log_stream: TextIO) -> Iterator[None]:
     """Join the cluster at --address, or start a private local Ray; shut it down afterwards."""
     import ray
 
+    console.adopt_ray_logger()
     os.environ.update(WORKER_ENV)
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(config.start_timeout))
     if config.address:
@@ -152,7 +145,10 @@ def _ray_session(config: TrainConfig) -> Iterator[None]:
         cpus = max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker + 0.999))
         log.info("starting a local Ray instance with %d CPUs for %d workers", cpus, config.workers)
         # address="local": always a private instance, even when another Ray runs on this machine.
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True, configure_logging=False)
+        # The dashboard process serves the State API that Ray Train's PlacementGroupCleaner polls every second.
+        ray.init(address="local", num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 log_to_driver=True, configure_logging=False)  # fmt: skip
+    console.route_worker_output(log_stream, config.verbose)
     try:
         yield
     finally:
@@ -177,21 +173,3 @@ def _print_plan(config: TrainConfig, dataset: Dataset) -> None:
             config.batch_size,
             dropped,
         )
-
-
-def _push_end(config: TrainConfig, status: str, models: dict, started: float) -> None:
-    from job import metrics
-
-    tests = {name: (m["test_loss"], m["test_error"]) for name, m in models.items()}
-    metrics.push_run_end(config, status=status, test_results=tests, started_at=started, finished_at=time.time())
-
-
-def _one_line(err: BaseException) -> str:
-    """The root cause in one line; for a worker failure, the last line of the first worker's traceback."""
-    failures = getattr(err, "worker_failures", None)
-    if failures:
-        rank, cause = sorted(failures.items())[0]
-        lines = [line for line in str(cause).strip().splitlines() if line.strip()]
-        return f"worker {rank}: {lines[-1].strip() if lines else type(cause).__name__}"
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tf_keras
 
 from job import models
 
@@ -39,7 +40,7 @@ def test_compiled_as_the_tutorial() -> None:
 @pytest.mark.parametrize("name", sorted(TUTORIAL_PARAMS))
 def test_outputs_are_class_probabilities(name: str) -> None:
     model = models.build(name)
-    probs = model(np.zeros((3, *models.input_shape(name)), np.float32)).numpy()
+    probs = model(np.zeros((3, *model.input_shape[1:]), np.float32)).numpy()
     assert probs.shape == (3, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
@@ -52,4 +53,12 @@ def test_evaluate_counts_errors_on_every_example() -> None:
     y[:250] = (y[:250] + 1) % 10  # exactly 250 wrong
     loss, error = models.evaluate(model, x, y)
     assert error == pytest.approx(0.1)
-    assert loss > 0
+    expected = tf_keras.losses.sparse_categorical_crossentropy(y, model(x)).numpy().mean()
+    assert loss == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_features_follow_the_models_input_shape() -> None:
+    x = np.full((2, 28, 28), 255, np.uint8)
+    flat, image = models.features(x, models.build("mlp")), models.features(x, models.build("cnn"))
+    assert flat.shape == (2, 784) and flat.dtype == np.float32 and flat.max() == 1.0
+    assert image.shape == (2, 28, 28, 1)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from job import data, models
+from job.config import DISPLAY_NAMES
 
 from support import run_job
 
@@ -43,9 +44,9 @@ def test_saved_models_reload_and_reproduce_the_reported_error(sample_run, name) 
     import tf_keras
 
     sample = data.mnist_sample()
-    x = data.features(sample.x_test, name)
     reported = sample_run.results["models"][name]["test_error"]
     keras_model = tf_keras.models.load_model(sample_run.output / name / "model.keras")
+    x = models.features(sample.x_test, keras_model)
     assert models.evaluate(keras_model, x, sample.y_test)[1] == pytest.approx(reported, abs=1e-9)
     serving = tf.saved_model.load(str(sample_run.output / name / "saved_model"))
     probs = np.concatenate([serving.serve(tf.constant(x[i : i + 500])).numpy() for i in range(0, len(x), 500)])
@@ -63,9 +64,9 @@ def test_history_csv_and_curves(sample_run) -> None:
 
 def test_progress_lines_and_summary_table(sample_run) -> None:
     out = sample_run.process.stdout
-    epoch_lines = re.findall(r"(mlp|cnn|large_cnn)\s+epoch\s+(\d)/2 +loss [\d.]+ +acc [\d.]+ .*s/worker", out)
+    epoch_lines = re.findall(r"(mlp|cnn|large_cnn)\s+epoch\s+(\d)/2 +loss [\d.]+ +acc [\d.]+ .*samples/s$", out, re.M)
     assert sorted(epoch_lines) == sorted((m, e) for m in ("mlp", "cnn", "large_cnn") for e in "12")
-    for name, label in models.DISPLAY_NAMES.items():
+    for name, label in DISPLAY_NAMES.items():
         percent = sample_run.results["models"][name]["test_error_percent"]
         assert f"{label} error: {percent:.2f}%" in out
     assert re.search(r"^large_cnn +[\d.]+% +[\d.]+ +59,933 +2 ", out, re.M)

@@ -1,4 +1,4 @@
-"""job.metrics without Ray: the callback on a tiny tf_keras model, /metrics, promtool, ports, real Pushgateway."""
+"""job.metrics without Ray: epochs of a tiny tf_keras model, /metrics, promtool, ports, real Pushgateway."""
 
 from __future__ import annotations
 
@@ -44,33 +44,44 @@ def value(text: str, name: str, **labels: str) -> float:
     return matches[0]
 
 
-def fit_tiny_model(callback: tf_keras.callbacks.Callback, epochs: int) -> list[dict[str, float]]:
-    """Fit epoch by epoch like job/worker.py does; return each epoch's logs."""
+CPU = {"type": "CPU", "name": "cpu", "count": 1}
+
+
+def exporter(tmp_path: Path, rank: int, workers: int, dataset: str = "x", **kw) -> metrics.WorkerMetrics:
+    return metrics.WorkerMetrics(make_config(tmp_path, **kw), rank, workers, dataset, CPU)
+
+
+def fit_tiny_model(worker: metrics.WorkerMetrics, model_name: str, epochs: int) -> list[dict[str, float]]:
+    """Fit epoch by epoch and record each epoch like job/worker.py does (64 examples an epoch); return the records."""
     rng = np.random.default_rng(0)
     x, y = rng.random((64, 4), dtype=np.float32), rng.integers(0, 3, 64)
     model = tf_keras.Sequential([tf_keras.layers.Input((4,)), tf_keras.layers.Dense(3, activation="softmax")])
     model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
     history = []
     for epoch in range(epochs):
+        started = time.perf_counter()
         fit = model.fit(x, y, validation_data=(x[:16], y[:16]), batch_size=16, initial_epoch=epoch, epochs=epoch + 1,
-                        callbacks=[callback], verbose=0)  # fmt: skip
-        history.append({k: float(v[-1]) for k, v in fit.history.items()})
+                        verbose=0)  # fmt: skip
+        record = {"epoch": epoch + 1, **{k: float(v[-1]) for k, v in fit.history.items()},
+                  "seconds": time.perf_counter() - started}  # fmt: skip
+        worker.record_epoch(model_name, record, local_examples=64)
+        history.append(record)
     return history
 
 
 @pytest.fixture
 def chief(tmp_path: Path):
-    exporter = metrics.WorkerMetrics(make_config(tmp_path, metrics_port=free_port()), 0, 2, "mnist-sample")
-    yield exporter
-    exporter.close()
+    chief = exporter(tmp_path, 0, 2, "mnist-sample", metrics_port=free_port())
+    yield chief
+    chief.close()
 
 
 def scrape(exporter: metrics.WorkerMetrics) -> str:
     return http_get(f"http://127.0.0.1:{exporter.port}/metrics").decode()
 
 
-def test_callback_exports_every_epoch_of_a_real_fit(chief: metrics.WorkerMetrics) -> None:
-    history = fit_tiny_model(chief.callback("mlp", samples_per_epoch=64), epochs=3)
+def test_every_epoch_of_a_real_fit_is_exported(chief: metrics.WorkerMetrics) -> None:
+    history = fit_tiny_model(chief, "mlp", epochs=3)
     text = scrape(chief)
     for epoch, logs in enumerate(history, start=1):
         for split, (loss_key, acc_key) in metrics.SPLIT_KEYS.items():
@@ -96,24 +107,22 @@ def test_info_start_time_and_test_results(chief: metrics.WorkerMetrics) -> None:
 
 
 def test_non_chief_exports_throughput_but_not_the_global_loss(tmp_path: Path) -> None:
-    worker = metrics.WorkerMetrics(make_config(tmp_path, metrics_port=free_port()), 1, 2, "mnist-sample")
+    worker = exporter(tmp_path, 1, 2, "mnist-sample", metrics_port=free_port())
     try:
-        callback = worker.callback("cnn", samples_per_epoch=500)
-        callback.on_epoch_begin(0)
-        time.sleep(0.05)
-        callback.on_epoch_end(0, {"loss": 0.5, "accuracy": 0.8, "val_loss": 0.6, "val_accuracy": 0.7})
+        record = {"epoch": 1, "loss": 0.5, "accuracy": 0.8, "val_loss": 0.6, "val_accuracy": 0.7, "seconds": 0.05}
+        worker.record_epoch("cnn", record, local_examples=500)
         text = scrape(worker)
     finally:
         worker.close()
     assert samples(text, "mnist_train_epoch_loss") == {}
     assert samples(text, "mnist_train_epoch_duration_seconds") == {}
     rate = value(text, "mnist_train_samples_per_second", model="cnn", rank="1")
-    assert 500 / 10 < rate < 500 / 0.05  # 500 samples in a bit more than 50 ms
+    assert rate == pytest.approx(500 / 0.05)
     assert value(text, "mnist_train_epochs_completed", model="cnn", rank="1") == 1
 
 
 def test_promtool_finds_nothing_to_complain_about(chief: metrics.WorkerMetrics) -> None:
-    fit_tiny_model(chief.callback("mlp", samples_per_epoch=64), epochs=2)
+    fit_tiny_model(chief, "mlp", epochs=2)
     chief.record_test("mlp", 0.1, 0.02)
     text = scrape(chief)
     assert "mnist_train_epoch_loss{" in text
@@ -127,23 +136,23 @@ def test_port_in_use_takes_the_next_free_port(tmp_path: Path, caplog: pytest.Log
         busy.bind(("127.0.0.1", base))
         busy.listen()
         caplog.set_level(logging.INFO, logger="job.metrics")
-        exporters = [metrics.WorkerMetrics(make_config(tmp_path, metrics_port=base), r, 2, "x") for r in (0, 1)]
+        exporters = [exporter(tmp_path, r, 2, metrics_port=base) for r in (0, 1)]
         try:
             assert [e.port for e in exporters] == [base + 1, base + 2]
-            for rank, exporter in enumerate(exporters):
-                assert f'rank="{rank}"' in scrape(exporter)
+            for rank, each in enumerate(exporters):
+                assert f'rank="{rank}"' in scrape(each)
                 assert f"rank {rank}: serving /metrics on :{base + 1 + rank}" in caplog.messages
         finally:
-            for exporter in exporters:
-                exporter.close()
+            for each in exporters:
+                each.close()
 
 
 def test_port_zero_serves_nothing_and_close_frees_the_port(tmp_path: Path) -> None:
-    off = metrics.WorkerMetrics(make_config(tmp_path), 0, 1, "x")
+    off = exporter(tmp_path, 0, 1)
     assert off.port is None
     off.close()
     port = free_port()
-    on = metrics.WorkerMetrics(make_config(tmp_path, metrics_port=port), 0, 1, "x")
+    on = exporter(tmp_path, 0, 1, metrics_port=port)
     assert on.port == port
     on.close()
     on.close()
@@ -156,11 +165,10 @@ def gateway_text(gateway: Server) -> str:
 
 
 def test_each_epoch_is_pushed_under_job_run_model_rank(tmp_path: Path, pushgateway: Server) -> None:
-    workers = [metrics.WorkerMetrics(make_config(tmp_path, pushgateway=pushgateway.url), r, 2, "x") for r in (0, 1)]
+    workers = [exporter(tmp_path, r, 2, pushgateway=pushgateway.url) for r in (0, 1)]
     for worker in workers:
-        callback = worker.callback("mlp", samples_per_epoch=100)
-        callback.on_epoch_begin(0)
-        callback.on_epoch_end(0, {"loss": 0.25, "accuracy": 0.5, "val_loss": 0.3, "val_accuracy": 0.4})
+        record = {"epoch": 1, "loss": 0.25, "accuracy": 0.5, "val_loss": 0.3, "val_accuracy": 0.4, "seconds": 0.1}
+        worker.record_epoch("mlp", record, local_examples=100)
     text = gateway_text(pushgateway)
     group = {"job": "mnist-train", "run": RUN, "model": "mlp"}
     assert value(text, "mnist_train_epoch_loss", **group, rank="0", split="val", epoch="1") == 0.3
@@ -180,27 +188,26 @@ def recoveries(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "recovered" in r.msg]
 
 
-def epoch_end(callback: metrics.EpochMetrics, epoch: int) -> None:
-    callback.on_epoch_begin(epoch)
-    callback.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1), "accuracy": 0.5})
+def epoch_end(worker: metrics.WorkerMetrics, epoch: int) -> None:
+    record = {"epoch": epoch + 1, "loss": 1.0 / (epoch + 1), "accuracy": 0.5, "seconds": 0.01}
+    worker.record_epoch("mlp", record, local_examples=10)
 
 
 def test_outage_logs_one_warning_per_outage_and_recovers(
     tmp_path: Path, pushgateway: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="job.metrics")
-    worker = metrics.WorkerMetrics(make_config(tmp_path, pushgateway=pushgateway.url), 0, 1, "x")
-    callback = worker.callback("mlp", samples_per_epoch=10)
-    epoch_end(callback, 0)
+    worker = exporter(tmp_path, 0, 1, pushgateway=pushgateway.url)
+    epoch_end(worker, 0)
     for outage in (1, 2):
         pushgateway.stop()
         for epoch in range(3):
-            epoch_end(callback, epoch)  # training goes on: nothing raises
+            epoch_end(worker, epoch)  # training goes on: nothing raises
         assert len(push_warnings(caplog)) == outage
         assert "rank 0: push to Pushgateway" in push_warnings(caplog)[-1]
         pushgateway.start()
         assert len(recoveries(caplog)) == outage - 1
-        epoch_end(callback, 2)
+        epoch_end(worker, 2)
         assert len(recoveries(caplog)) == outage
         assert "after 3 failed attempt(s)" in recoveries(caplog)[-1]
     assert len(push_warnings(caplog)) == 2
@@ -256,11 +263,10 @@ def test_epochs_shorter_than_the_scrape_interval_all_reach_prometheus(
     prom: Prometheus = prometheus_factory(
         [{"job_name": "mnist-train", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}]
     )
-    worker = metrics.WorkerMetrics(make_config(tmp_path, metrics_port=port, epochs=10), 0, 1, "x")
+    worker = exporter(tmp_path, 0, 1, metrics_port=port, epochs=10)
     try:
-        callback = worker.callback("mlp", samples_per_epoch=10)
         for epoch in range(10):
-            epoch_end(callback, epoch)  # all within a few milliseconds, far below the 1 s scrape interval
+            epoch_end(worker, epoch)  # all within a few milliseconds, far below the 1 s scrape interval
         expr = loss_panel_query().replace("$namespace", ".*").replace("$job", ".*").replace("$run", RUN)
         expr = expr.replace("$model", "mlp").replace("$__range", "5m")
         result = prom.wait_for(expr, lambda r: len(r) == 10)
