@@ -82,7 +82,7 @@ class Ledger:
         """Read the epoch's counts (a collective: every worker calls this), check them, and reset for the next epoch."""
         uses = self.uses.numpy()
         per_step = self.step_batch.numpy()
-        local = sum(int(np.sum(v.numpy())) for v in self.uses.values)  # this worker's replicas only
+        local = sum(int(np.sum(v.numpy())) for v in getattr(self.uses, "values", [self.uses]))  # this worker only
         for variable in (self.uses, self.step_batch, self.step):
             variable.assign(np.zeros(variable.shape, np.int32))
         used = EpochUse(

@@ -130,16 +130,6 @@ def _serve(registry: CollectorRegistry, port: int, who: str) -> tuple[HTTPServer
     return None, None
 
 
-def _ensure_log_output() -> None:
-    """Ray workers start without logging set up, which would drop the info lines; add a stderr handler only then."""
-    if not logging.getLogger().handlers and not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-
-
 def _metrics(registry: CollectorRegistry, labels: tuple[str, ...]) -> dict[str, Gauge | Counter]:
     made: dict[str, Gauge | Counter] = {}
     for name, (doc, extra) in WORKER_GAUGES.items():
@@ -155,7 +145,6 @@ class WorkerMetrics:
     def __init__(
         self, config: TrainConfig, rank: int, world_size: int, dataset_name: str, device: Mapping[str, object]
     ) -> None:
-        _ensure_log_output()
         self.config, self.rank, self.chief = config, rank, rank == 0
         self.who = f"rank {rank}"
         self.registry = CollectorRegistry()
@@ -261,7 +250,6 @@ def push_run_end(
         return True
     if status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-    _ensure_log_output()
     registry = _run_registry(config, status, test_results, started_at, finished_at)
     keys = [{"run": config.run_name}] + [{"run": config.run_name, "model": m} for m in test_results]
     return _Pusher(config.pushgateway, "driver").push(_group(registry, key) for key in keys)

@@ -63,12 +63,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _quiet_logs() -> None:
-    """Keep the console to the job's lines: Ray Train logs every report and TF every checkpoint shard at INFO."""
+    """The job's log lines go to stdout, which the driver shows; Ray's and TF's go to stderr, which it only logs."""
     import tensorflow as tf
 
     logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("job").setLevel(logging.INFO)
     tf.get_logger().setLevel(logging.ERROR)
+    ours = logging.getLogger("job")
+    handler = logging.StreamHandler(sys.__stdout__)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    ours.handlers[:], ours.propagate = [handler], False
+    ours.setLevel(logging.INFO)
 
 
 def _restore(saved: Any, workdir: Path) -> tuple[RunState, Path | None]:

@@ -46,7 +46,9 @@ def killed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         "--output", str(output), "--run-name", f"kill-{request.param}", "--metrics-port", str(port),
     )  # fmt: skip
     try:
-        chief = int(run.wait_for(EPOCH_LINE.format(r"\s*2"))[1])  # rank 0 prints the progress lines
+        run.wait_for(r"mlp\s+epoch\s+2/")
+        log = (output / "run.log").read_text()  # the run's log keeps Ray's "(RayTrainWorker pid=...)" prefixes
+        chief = int(re.search(EPOCH_LINE.format(r"\s*2"), log)[1])  # rank 0 prints the progress lines
         wait_registered((output / "checkpoints" / f"kill-{request.param}" / SNAPSHOT).read_bytes, 2)
         victim = chief if request.param == "chief" else next(pid for pid in run.train_workers() if pid != chief)
         os.kill(victim, signal.SIGKILL)
@@ -81,6 +83,10 @@ def test_history_has_every_epoch_once_and_a_normal_error(killed: KilledRun) -> N
     assert [r["epoch"] for r in mlp["history"]] == list(range(1, EPOCHS + 1))
     assert results["epochs"] == EPOCHS and 0 < mlp["test_error"] < 0.15  # chance is 0.90
     assert 1 - mlp["history"][-1]["val_accuracy"] == pytest.approx(mlp["test_error"], abs=1e-6)
+    # Counted from the batches the steps consumed, also in the epochs after the restart: every example once.
+    for record in mlp["history"]:
+        assert (record["examples"], record["distinct_examples"], record["max_uses"]) == (4000, 4000, 1), record
+        assert record["global_batch_min"] == record["global_batch_max"] == 200 and record["steps"] == 20, record
 
 
 def test_busy_metrics_port_falls_back_to_the_next_free_one(killed: KilledRun) -> None:

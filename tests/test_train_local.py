@@ -30,6 +30,9 @@ def test_results_json_holds_the_run_and_its_provenance(sample_run) -> None:
 def test_each_model_trained_every_epoch_once_with_a_sane_error(sample_run, name) -> None:
     model = sample_run.results["models"][name]
     assert [r["epoch"] for r in model["history"]] == [1, 2]
+    for record in model["history"]:  # counted from the batches the steps of both workers consumed
+        assert (record["examples"], record["distinct_examples"], record["max_uses"]) == (4000, 4000, 1), record
+        assert record["global_batch_min"] == record["global_batch_max"] == 200 and record["steps"] == 20, record
     assert model["history"][1]["loss"] < model["history"][0]["loss"]
     assert 0 < model["test_error"] < ERROR_BOUND[name]
     assert model["test_error_percent"] == pytest.approx(model["test_error"] * 100, abs=1e-3)
