@@ -32,6 +32,11 @@ def make_strategy(config: TrainConfig) -> tuple[Any, dict[str, Any]]:
     return strategy, {**info, "collective": "nccl" if config.gpu else "ring"}
 
 
+def preflight() -> dict[str, Any]:
+    """Run as a Ray task holding one GPU, before the workers start: fail in seconds, not after Ray's retries."""
+    return describe(check_gpus(True))
+
+
 def check_gpus(want_gpu: bool) -> list[Any]:
     """The GPUs TensorFlow sees; with --gpu, fail when Ray assigned GPUs that TensorFlow cannot use."""
     import tensorflow as tf

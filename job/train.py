@@ -57,6 +57,8 @@ def _fit(config: TrainConfig, dataset: Dataset, final: Path) -> None:
     from job.worker import train_loop_per_worker
 
     _check_resources(config, ray.cluster_resources())
+    if config.gpu:
+        _check_gpu_visible()
     trainer = DataParallelTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config, "data": ray.put(dataset)},
@@ -69,7 +71,8 @@ def _fit(config: TrainConfig, dataset: Dataset, final: Path) -> None:
             storage_path=_storage_path(config.output),
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            worker_runtime_env={"env_vars": WORKER_ENV},
+            # Locally the workers inherit WORKER_ENV from the driver, and Ray can reuse its prestarted processes.
+            worker_runtime_env={"env_vars": WORKER_ENV} if config.address else None,
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
@@ -77,6 +80,19 @@ def _fit(config: TrainConfig, dataset: Dataset, final: Path) -> None:
     if result.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint")
     result.checkpoint.to_directory(str(final))
+
+
+def _check_gpu_visible() -> None:
+    """One task on a GPU, placed as a worker would be, checks that TensorFlow sees it. The workers check again, but a
+    failure there is retried by Ray Train (--max-failures times) before the run fails."""
+    import ray
+
+    from job import devices
+
+    try:
+        ray.get(ray.remote(num_gpus=1, num_cpus=0, max_retries=0)(devices.preflight).remote())
+    except ray.exceptions.RayTaskError as err:
+        raise err.cause from None
 
 
 def _check_batch(config: TrainConfig, dataset: Dataset) -> None:

@@ -3,50 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
+from ray_head import ray_head as start_ray_head
 
-from support import ROOT, free_port
+from support import ROOT
 
-VENV_BIN = str(Path(sys.executable).parent)
 RUNTIME_ENV = {"env_vars": {"TF_USE_LEGACY_KERAS": "1"}, "excludes": [".venv", ".venv-s3", "artifacts", ".git"]}
 
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """A private head on free ports, stopped by killing its process group (never `ray stop`, which kills every Ray)."""
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # fmt: skip
-    dashboard = free_port()
-    head = subprocess.Popen(
-        ["ray", "start", "--head", "--block", "--num-cpus", "2", "--port", str(free_port()),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-         "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        _wait_until_jobs_api_answers(address, env, head)
-        yield address, env
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
-
-
-def _wait_until_jobs_api_answers(address: str, env: dict, head: subprocess.Popen) -> None:
-    for _ in range(90):
-        assert head.poll() is None, "ray start --head exited"
-        if subprocess.run(["ray", "job", "list", "--address", address], env=env, capture_output=True).returncode == 0:
-            return
-        time.sleep(1)
-    raise TimeoutError("the Ray jobs API did not come up in 90 s")
+    with start_ray_head() as head:
+        yield head.dashboard, head.env
 
 
 def submit(address: str, env: dict, *job_args: str) -> subprocess.CompletedProcess:
