@@ -126,6 +126,13 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     _add(p, "--max-failures", int, "2", "worker-group restarts Ray Train may do before the run fails (-1 = no limit)")
     _add(p, "--steps-per-execution", int, "1", "training steps per tf.function call (higher is faster on CPU)")
     _add(p, "--start-timeout", float, "120", "seconds to wait for Ray to place the workers before giving up")
+    _add(
+        p,
+        "--checkpoint-interval",
+        float,
+        "30",
+        "seconds of training between checkpoints (also after each model's last epoch); 0 = every epoch",
+    )
     _add_switch(p, "--mixed-precision", "compute in float16 on GPUs (bfloat16 on CPUs), keep float32 weights")
     _add_switch(p, "--jit-compile", "compile the training step with XLA")
     _add_switch(p, "--verbose", "show Ray's and TensorFlow's own log lines too (they always go to the log file)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -49,8 +50,9 @@ def route_worker_output(log: TextIO, verbose: bool) -> None:
     def route(batch: dict[str, Any]) -> None:
         ours = not batch.get("is_err") and batch.get("actor_name") == WORKER_ACTOR
         who = f"({batch.get('actor_name') or batch.get('task_name') or ''} pid={batch.get('pid')})"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         for line in batch.get("lines", []):
-            log.write(f"{who} {line}\n")
+            log.write(f"{stamp} {who} {line}\n")
             if ours:
                 print(line, flush=True)
             elif verbose:

@@ -105,6 +105,7 @@ def _train_model(worker: Worker, name: str) -> None:
     worker.restored = None
     x_train, x_test = models.features(dataset.x_train, model), models.features(dataset.x_test, model)
     val = _validation_data(x_test, dataset.y_test, config.batch_size)
+    last_saved = time.perf_counter()
     for epoch in range(len(worker.state.history), config.epochs):
         started = time.perf_counter()
         train = _train_data(worker, x_train, epoch)
@@ -116,7 +117,20 @@ def _train_model(worker: Worker, name: str) -> None:
                   **used.summary(seconds)}  # fmt: skip
         worker.state.history.append(record)
         worker.exporter.record_epoch(name, record, local_examples=used.local_examples)
-        _report(worker, name, record, tf_checkpoint, model if epoch + 1 == config.epochs else None)
+        final = epoch + 1 == config.epochs
+        save = final or _chief_seconds_since(worker, last_saved) >= config.checkpoint_interval
+        _report(worker, name, record, tf_checkpoint if save else None, model if final else None)
+        last_saved = time.perf_counter() if save else last_saved
+
+
+def _chief_seconds_since(worker: Worker, started: float) -> float:
+    """The chief's clock, the same on every worker (saving is a collective, so all must decide alike)."""
+    import tensorflow as tf
+
+    mine = time.perf_counter() - started if worker.chief else 0.0
+    strategy = worker.strategy
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(mine)), axis=None)
+    return float(total)
 
 
 def _train_data(worker: Worker, x: Any, epoch: int) -> Any:
@@ -145,7 +159,8 @@ def _validation_data(x: Any, y: Any, global_batch: int) -> Any:
 
 
 def _report(worker: Worker, name: str, record: dict[str, Any], tf_checkpoint: Any, final_model: Any) -> None:
-    """One report per epoch on every worker (it is a barrier); only the chief's checkpoint is kept."""
+    """One report per epoch on every worker (it is a barrier), with a checkpoint when `tf_checkpoint` or `final_model`
+    is given; only the chief's checkpoint is kept."""
     import ray.train
 
     from job import models
@@ -161,12 +176,14 @@ def _report(worker: Worker, name: str, record: dict[str, Any], tf_checkpoint: An
                                               worker.dataset.y_test)  # fmt: skip
                 worker.state.finish(name, _results(worker, final_model, loss, error), model_dir)
                 worker.exporter.record_test(name, test_loss=loss, test_error=error)
-        else:
+        elif tf_checkpoint is not None:
             tf_checkpoint.write(str(folder / checkpoint.CURRENT))
+        saving = final_model is not None or tf_checkpoint is not None
         if worker.chief:
             print_epoch(name, record, worker.config.epochs)
-            worker.state.save(folder)
-        saved = ray.train.Checkpoint.from_directory(str(folder)) if worker.chief else None
+            if saving:
+                worker.state.save(folder)
+        saved = ray.train.Checkpoint.from_directory(str(folder)) if worker.chief and saving else None
         ray.train.report({"model": name, **record}, checkpoint=saved)
 
 

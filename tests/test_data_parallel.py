@@ -28,3 +28,5 @@ def test_every_step_trains_on_the_global_batch_and_every_epoch_on_each_example_o
         assert record["global_batch_min"] == record["global_batch_max"] == batch, record
         assert record["samples_per_second"] == pytest.approx(usable / record["seconds"], rel=0.01)
     assert f"{TRAIN % batch} training examples do not fill a last global batch of {batch}" in out.stderr
+    # Epochs of a second or two, far below the default --checkpoint-interval of 30 s: one checkpoint, the final one.
+    assert len(list((tmp_path / "checkpoints" / f"dp-{workers}").glob("checkpoint_*"))) == 1

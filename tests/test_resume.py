@@ -44,6 +44,7 @@ def killed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     run = LiveRun(
         "--dataset", "mnist-sample", "--models", "mlp", "--epochs", str(EPOCHS), "--workers", "2",
         "--output", str(output), "--run-name", f"kill-{request.param}", "--metrics-port", str(port),
+        "--checkpoint-interval", "0",
     )  # fmt: skip
     try:
         run.wait_for(r"mlp\s+epoch\s+2/")

@@ -32,7 +32,8 @@ EPOCHS = 4
 
 
 def command(*extra: str) -> list[str]:
-    return ["--data-uri", DATA, "--models", "mlp", "--workers", "2", "--output", OUTPUT, "--run-name", RUN, *extra]
+    return ["--data-uri", DATA, "--models", "mlp", "--workers", "2", "--output", OUTPUT, "--run-name", RUN,
+            "--checkpoint-interval", "0", *extra]  # fmt: skip
 
 
 def epochs_printed(text: str, epochs: int) -> list[int]:

@@ -91,3 +91,27 @@ def test_evaluate_command_prints_the_same_error(sample_run) -> None:
     assert f"error {percent:.2f}%" in out.stdout
     missing = run_job("evaluate", "--model-uri", str(sample_run.output / "nope"))
     assert missing.returncode == 2 and "no model.keras at" in missing.stderr
+
+
+JOB_LINES = [
+    r"log: \S+",
+    r"run \S+: [\w, ]+ for \d+ epochs, global batch \d+ on \d+ (CPU|GPU) workers \(.*\)",
+    r"data \S+: \d+ train / \d+ test; output \S+",
+    r"INFO: starting a local Ray instance with \d+ CPUs for \d+ workers",
+    r"\w+ +epoch +\d+/\d+  loss [\d.]+  acc [\d.]+  val_loss [\d.]+  val_acc [\d.]+ +[\d.]+s +\d+ samples/s",
+    r"(MLP|Simple CNN|Large CNN) error: [\d.]+%",
+    r"model +test error +test loss +params +epochs +train s +s/epoch",
+    r"\w+ +[\d.]+% +[\d.]+ +[\d,]+ +\d+ +[\d.]+ +[\d.]+",
+    r"data \S+ \(\d+ train / \d+ test\), \d+ (CPU|GPU) workers, wall [\d.]+s",
+    r"results: \S+",
+    r"",
+]
+
+
+def test_the_console_shows_only_the_jobs_own_lines_and_the_log_file_has_the_rest(sample_run) -> None:
+    lines = (sample_run.process.stdout + sample_run.process.stderr).splitlines()
+    foreign = [line for line in lines if not any(re.fullmatch(p, line) for p in JOB_LINES)]
+    assert not foreign, foreign
+    log = (sample_run.output / "run.log").read_text()
+    assert "(RayTrainWorker pid=" in log and "oneDNN custom operations" in log  # TF's banner went to the log
+    assert re.search(r"\(RayTrainWorker pid=\d+\) mlp +epoch +2/2", log)
