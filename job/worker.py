@@ -107,14 +107,14 @@ def _train_model(worker: Worker, name: str) -> None:
     val = _validation_data(x_test, dataset.y_test, config.batch_size)
     last_saved = time.perf_counter()
     for epoch in range(len(worker.state.history), config.epochs):
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         train = _train_data(worker, x_train, epoch)
         logs = model.fit(train, validation_data=val, steps_per_epoch=steps, initial_epoch=epoch, epochs=epoch + 1,
                          verbose=0).history  # fmt: skip
         seconds = time.perf_counter() - started
         used = consumed.close_epoch(epoch + 1, expected=steps * config.batch_size, global_batch=config.batch_size)
         record = {"epoch": epoch + 1, **{k: float(v[-1]) for k, v in logs.items()}, "seconds": round(seconds, 3),
-                  **used.summary(seconds)}  # fmt: skip
+                  "started_at": round(started_at, 3), **used.summary(seconds)}  # fmt: skip
         worker.state.history.append(record)
         worker.exporter.record_epoch(name, record, local_examples=used.local_examples)
         final = epoch + 1 == config.epochs
