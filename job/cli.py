@@ -133,6 +133,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "30",
         "seconds of training between checkpoints (also after each model's last epoch); 0 = every epoch",
     )
+    _add(p, "--storage-retries", int, "4", "attempts for each write to --output before the run fails")
     _add_switch(p, "--mixed-precision", "compute in float16 on GPUs (bfloat16 on CPUs), keep float32 weights")
     _add_switch(p, "--jit-compile", "compile the training step with XLA")
     _add_switch(p, "--verbose", "show Ray's and TensorFlow's own log lines too (they always go to the log file)")
@@ -204,8 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(config: TrainConfig) -> int:
-    from job import console, metrics, train
+    from job import console, metrics, storage, train
 
+    storage.set_attempts(config.storage_retries)
     dataset = train.check_inputs(config)
     started, status, tests = time.time(), "failed", {}
     log = console.setup(Path(config.log_path), config.verbose)

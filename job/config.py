@@ -69,6 +69,7 @@ class TrainConfig:
     steps_per_execution: int = 1
     start_timeout: float = 120.0
     checkpoint_interval: float = 30.0
+    storage_retries: int = 4
     mixed_precision: bool = False
     jit_compile: bool = False
     verbose: bool = False
@@ -108,6 +109,7 @@ class TrainConfig:
         _check_range("--max-failures", self.max_failures, -1, 1000, " (-1 retries forever)")
         _check_range("--steps-per-execution", self.steps_per_execution, 1, 10_000)
         _check_range("--start-timeout", self.start_timeout, 1, 86_400)
+        _check_range("--storage-retries", self.storage_retries, 1, 20)
         _check_range("--checkpoint-interval", self.checkpoint_interval, 0, 86_400, " (0 checkpoints every epoch)")
 
     @property

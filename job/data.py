@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from job import storage
+from job.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def mnist() -> Dataset:
             "with this package (4,000 train / 1,000 test).\nErrors are NOT comparable to the tutorial's; every output "
             "records the data set as 'mnist-sample'.\nPut mnist.npz in %s or pass --data-uri to use full MNIST.\n%s",
             "=" * 78,
-            str(err).splitlines()[0] if str(err) else type(err).__name__,
+            first_line(err),
             KERAS_CACHE,
             "=" * 78,
         )
@@ -147,7 +148,7 @@ def from_npz(raw: bytes, source: str, name: str) -> Dataset:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         if isinstance(err, DataError):
             raise
-        raise DataError(f"{storage.redact(source)}: not a readable .npz file ({_first_line(err)})") from None
+        raise DataError(f"{storage.redact(source)}: not a readable .npz file ({first_line(err)})") from None
     return checked(name, source, arrays)
 
 
@@ -168,7 +169,7 @@ def parse_idx(raw: bytes, source: str) -> np.ndarray:
     try:
         data = gzip.decompress(raw)
     except (OSError, EOFError) as err:
-        raise DataError(f"{storage.redact(source)}: not a valid gzip file ({_first_line(err)})") from None
+        raise DataError(f"{storage.redact(source)}: not a valid gzip file ({first_line(err)})") from None
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
         raise DataError(f"{storage.redact(source)}: not an IDX file of unsigned bytes (bad magic number)")
     ndim = data[3]
@@ -219,10 +220,6 @@ def _checked_labels(y: np.ndarray, what: str) -> np.ndarray:
     if y.min() < 0 or y.max() > 9:
         raise DataError(f"{what} has labels in {y.min():g}..{y.max():g}; labels must be digits 0-9")
     return y.astype(np.uint8)
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def epoch_indices(n: int, epoch: int, seed: int, rank: int, workers: int, global_batch: int) -> np.ndarray:

@@ -15,9 +15,11 @@ from pathlib import Path
 import pyarrow.fs as pafs
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from job.errors import first_line
+
 log = logging.getLogger(__name__)
 
-RETRY_ATTEMPTS = int(os.environ.get("MNIST_TRAIN_STORAGE_RETRIES", "4"))
+RETRY_ATTEMPTS = 4  # the default of --storage-retries; `set_attempts` applies the flag
 
 
 class StorageError(RuntimeError):
@@ -36,28 +38,29 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except Exception as err:  # pyarrow raises ArrowInvalid, OSError...; all mean the same to the user
-        raise StorageError(f"cannot open {redact(uri)}: {_reason(err)}") from None
+        raise StorageError(f"cannot open {redact(uri)}: {first_line(err)}") from None
 
 
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-def _reason(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+def set_attempts(attempts: int) -> None:
+    global RETRY_ATTEMPTS
+    RETRY_ATTEMPTS = attempts
 
 
 def _retrying(what: str):
     return retry(
         retry=retry_if_exception_type(OSError),
-        stop=stop_after_attempt(RETRY_ATTEMPTS),
+        stop=stop_after_attempt(RETRY_ATTEMPTS),  # read when each write starts, after set_attempts
         wait=wait_exponential(multiplier=0.5, max=8),
         before_sleep=lambda state: log.warning(
             "%s failed (attempt %d/%d): %s; retrying",
             what,
             state.attempt_number,
             RETRY_ATTEMPTS,
-            _reason(state.outcome.exception()),
+            first_line(state.outcome.exception()),
         ),
         reraise=True,
     )
@@ -68,7 +71,7 @@ def _info(uri: str) -> pafs.FileInfo:
     try:
         return fs.get_file_info(path)
     except OSError as err:
-        raise StorageError(f"cannot read {redact(uri)}: {_reason(err)}") from None
+        raise StorageError(f"cannot read {redact(uri)}: {first_line(err)}") from None
 
 
 def exists(uri: str) -> bool:
@@ -87,7 +90,7 @@ def read_bytes(uri: str) -> bytes:
     except FileNotFoundError:
         raise StorageError(f"{redact(uri)} does not exist; check the path") from None
     except OSError as err:
-        raise StorageError(f"cannot read {redact(uri)}: {_reason(err)}") from None
+        raise StorageError(f"cannot read {redact(uri)}: {first_line(err)}") from None
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -106,7 +109,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     try:
         attempt()
     except OSError as err:
-        raise StorageError(f"cannot write {redact(uri)} after {RETRY_ATTEMPTS} attempts: {_reason(err)}") from None
+        raise StorageError(f"cannot write {redact(uri)} after {RETRY_ATTEMPTS} attempts: {first_line(err)}") from None
 
 
 def delete(uri: str) -> None:
@@ -118,7 +121,7 @@ def delete(uri: str) -> None:
         elif info.type == pafs.FileType.File:
             fs.delete_file(path)
     except OSError as err:
-        raise StorageError(f"cannot delete {redact(uri)}: {_reason(err)}") from None
+        raise StorageError(f"cannot delete {redact(uri)}: {first_line(err)}") from None
 
 
 def upload_dir(local_dir: str | Path, uri: str) -> None:
@@ -126,25 +129,6 @@ def upload_dir(local_dir: str | Path, uri: str) -> None:
     root = Path(local_dir)
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
         write_bytes(join(uri, file.relative_to(root).as_posix()), file.read_bytes())
-
-
-def download(uri: str, local: str | Path) -> Path:
-    """Copy a file or folder at `uri` to the local path `local`."""
-    fs, path = resolve(uri)
-    local = Path(local)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise StorageError(f"{redact(uri)} does not exist; check the path")
-    try:
-        if info.type == pafs.FileType.Directory:
-            local.mkdir(parents=True, exist_ok=True)
-            pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        else:
-            local.parent.mkdir(parents=True, exist_ok=True)
-            local.write_bytes(read_bytes(uri))
-    except OSError as err:
-        raise StorageError(f"cannot download {redact(uri)}: {_reason(err)}") from None
-    return local
 
 
 def probe_writable(uri: str) -> None:
@@ -157,4 +141,4 @@ def probe_writable(uri: str) -> None:
             stream.write(b"ok")
         fs.delete_file(path)
     except OSError as err:
-        raise StorageError(f"--output {redact(uri)} is not writable: {_reason(err)}") from None
+        raise StorageError(f"--output {redact(uri)} is not writable: {first_line(err)}") from None

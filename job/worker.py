@@ -41,25 +41,32 @@ class Worker:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory(prefix="mnist-worker-") as workdir:
+        tempfile.tempdir = workdir  # TensorFlow's autograph writes a .py file per traced function to the temp folder
+        try:
+            _train_all(loop_config["config"], loop_config["data"], Path(workdir))
+        finally:
+            tempfile.tempdir = None
+
+
+def _train_all(config: TrainConfig, data_ref: Any, workdir: Path) -> None:
     import ray
     import ray.train
 
-    config: TrainConfig = loop_config["config"]
     strategy, device_info = devices.make_strategy(config)  # before any other TensorFlow op
     _quiet_logs()
     context = ray.train.get_context()
-    dataset: Dataset = ray.get(loop_config["data"])
-    with tempfile.TemporaryDirectory(prefix="mnist-worker-") as workdir:
-        state, restored = _restore(ray.train.get_checkpoint(), Path(workdir))
-        rank = context.get_world_rank()
-        exporter = WorkerMetrics(config, rank, context.get_world_size(), dataset.name, device_info)
-        worker = Worker(config, dataset, strategy, rank, Path(workdir), state, restored, exporter, device_info)
-        try:
-            for name in config.models:
-                if name not in state.finished:
-                    _train_model(worker, name)
-        finally:
-            exporter.close()
+    dataset: Dataset = ray.get(data_ref)
+    state, restored = _restore(ray.train.get_checkpoint(), workdir)
+    rank = context.get_world_rank()
+    exporter = WorkerMetrics(config, rank, context.get_world_size(), dataset.name, device_info)
+    worker = Worker(config, dataset, strategy, rank, workdir, state, restored, exporter, device_info)
+    try:
+        for name in config.models:
+            if name not in state.finished:
+                _train_model(worker, name)
+    finally:
+        exporter.close()
 
 
 def _quiet_logs() -> None:

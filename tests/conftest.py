@@ -22,6 +22,7 @@ from support import run_job  # noqa: E402
 class Run:
     output: Path
     process: subprocess.CompletedProcess
+    tmpdir: Path  # the run's TMPDIR, which must be empty after it
 
     @property
     def results(self) -> dict:
@@ -32,12 +33,15 @@ class Run:
 def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """One real local run shared by the tests that only read its outputs: 2 workers, every model, 2 epochs."""
     output = tmp_path_factory.mktemp("sample-run") / "out"
+    tmpdir = tmp_path_factory.mktemp("sample-run-tmp")
+    # Ray keeps its session logs under RAY_TMPDIR (its own, on purpose); everything else must leave TMPDIR empty.
+    env = {"TMPDIR": str(tmpdir), "RAY_TMPDIR": str(tmp_path_factory.mktemp("ray-tmp"))}
     process = run_job(
         "train", "--dataset", "mnist-sample", "--epochs", "2", "--workers", "2", "--output", str(output),
-        "--run-name", "sample-run",
+        "--run-name", "sample-run", env=env,
     )  # fmt: skip
     assert process.returncode == 0, process.stderr[-3000:]
-    return Run(output, process)
+    return Run(output, process, tmpdir)
 
 
 @pytest.fixture

@@ -130,9 +130,8 @@ def test_overwrite_retrains_and_a_dark_store_at_the_final_upload_leaves_nothing_
     moto: MotoServer, resumed: dict
 ) -> None:
     proxy = CuttableProxy(moto.port, cut_on=rf"PUT /{BUCKET}/{RUN}/(?!checkpoints/|\.write-probe)\w[^ ]*")
-    env = {**moto.env(KEY_ID, SECRET), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}",
-           "MNIST_TRAIN_STORAGE_RETRIES": "2"}  # fmt: skip
-    again = command("--epochs", "2", "--overwrite")
+    env = {**moto.env(KEY_ID, SECRET), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
+    again = command("--epochs", "2", "--overwrite", "--storage-retries", "2")
     run = LiveRun(*again, env=env)
     try:
         code = run.finish()

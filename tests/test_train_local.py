@@ -84,8 +84,14 @@ def test_finished_run_is_not_overwritten_without_flag(sample_run) -> None:
     assert (sample_run.output / "results.json").read_bytes() == before
 
 
-def test_evaluate_command_prints_the_same_error(sample_run) -> None:
-    out = run_job("evaluate", "--model-uri", f"file://{sample_run.output}/cnn", "--dataset", "mnist-sample")
+def test_nothing_is_left_in_the_temp_folder(sample_run) -> None:
+    assert sorted(p.name for p in sample_run.tmpdir.iterdir()) == []
+
+
+def test_evaluate_command_prints_the_same_error(sample_run, tmp_path) -> None:
+    env = {"TMPDIR": str(tmp_path)}
+    out = run_job("evaluate", "--model-uri", f"file://{sample_run.output}/cnn", "--dataset", "mnist-sample", env=env)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # its staging folder is gone
     percent = sample_run.results["models"]["cnn"]["test_error_percent"]
     assert out.returncode == 0, out.stderr
     assert f"error {percent:.2f}%" in out.stdout
