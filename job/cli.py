@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from job.config import DATASETS, MODEL_NAMES, ConfigError, EvaluateConfig, TrainConfig, default_run_name
+from job.config import DATASETS, MODEL_NAMES, ConfigError, EvaluateConfig, TrainConfig, default_run_name, defaults
 from job.data import DataError
 from job.errors import root_cause
 from job.storage import redact
@@ -57,7 +57,7 @@ def _add(
     env = env_name(dest)
     if env in os.environ:
         default = os.environ[env]
-    shown = "" if default is None else f" (default: {default})"
+    shown = "" if default is None else f" (default: {','.join(default) if isinstance(default, tuple) else default})"
     parser.add_argument(flag, dest=dest, type=type_, default=default, help=f"{help_}{shown} [env: {env}]", **kw)
 
 
@@ -80,33 +80,48 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         description="Train the tutorial models "
         "data-parallel (MultiWorkerMirroredStrategy on Ray Train workers) and write results to --output.",
     )
+    d = defaults(TrainConfig)
+    _add(p, "--models", _models, d["models"], f"comma-separated models to train, from {','.join(MODEL_NAMES)}")
+    _add(p, "--epochs", int, d["epochs"], "epochs per model")
+    _add(p, "--batch-size", int, d["batch_size"], "global batch size, split evenly across workers")
     _add(
-        p, "--models", _models, ",".join(MODEL_NAMES), f"comma-separated models to train, from {','.join(MODEL_NAMES)}"
+        p,
+        "--workers",
+        int,
+        d["workers"],
+        "Ray Train workers; default: 1 locally (fastest on one machine), 2 on a cluster",
     )
-    _add(p, "--epochs", int, "10", "epochs per model")
-    _add(p, "--batch-size", int, "200", "global batch size, split evenly across workers")
-    _add(p, "--workers", int, "2", "number of Ray Train workers")
     _add_switch(p, "--gpu", "give each worker one GPU")
-    _add(p, "--cpus-per-worker", float, None, "CPUs per worker; default: cores/workers locally, 1 on a cluster")
+    _add(
+        p,
+        "--cpus-per-worker",
+        float,
+        d["cpus_per_worker"],
+        "CPUs per worker; default: cores/workers locally, 1 on a cluster",
+    )
     _add(
         p,
         "--dataset",
         str,
-        "mnist",
+        d["dataset"],
         f"built-in data set: {', '.join(DATASETS)}; mnist falls back to mnist-sample offline",
     )
     _add(
-        p, "--data-uri", _optional, None, "an .npz or a folder of the four IDX .gz files (path, file://, s3://, gs://)"
+        p,
+        "--data-uri",
+        _optional,
+        d["data_uri"],
+        "an .npz or a folder of the four IDX .gz files (path, file://, s3://, gs://)",
     )
     _add(
         p,
         "--output",
         _optional,
-        None,
+        d["output"],
         "where results and models go (path, file://, s3://, gs://); default ./artifacts/<run-name>",
     )
     _add(p, "--run-name", _optional, None, "name of this run, also used to resume it; default mnist-<UTC time>")
-    _add(p, "--seed", int, "7", "random seed")
+    _add(p, "--seed", int, d["seed"], "random seed")
     _add(
         p,
         "--address",
@@ -119,25 +134,39 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         p,
         "--metrics-port",
         int,
-        "0",
+        d["metrics_port"],
         "serve Prometheus /metrics on each worker at this port, or the next free one (logged); 0 = off",
     )
-    _add(p, "--pushgateway", _optional, None, "Prometheus Pushgateway URL to push metrics to after every epoch")
-    _add(p, "--max-failures", int, "2", "worker-group restarts Ray Train may do before the run fails (-1 = no limit)")
-    _add(p, "--steps-per-execution", int, "1", "training steps per tf.function call (higher is faster on CPU)")
-    _add(p, "--start-timeout", float, "120", "seconds to wait for Ray to place the workers before giving up")
+    _add(
+        p,
+        "--pushgateway",
+        _optional,
+        d["pushgateway"],
+        "Prometheus Pushgateway URL to push metrics to after every epoch",
+    )
+    _add(
+        p,
+        "--max-failures",
+        int,
+        d["max_failures"],
+        "worker-group restarts Ray Train may do before the run fails (-1 = no limit)",
+    )
+    _add(p, "--steps-per-execution", int, d["steps_per_execution"], "training steps per tf.function call")
+    _add(
+        p, "--start-timeout", float, d["start_timeout"], "seconds to wait for Ray to place the workers before giving up"
+    )
     _add(
         p,
         "--checkpoint-interval",
         float,
-        "30",
+        d["checkpoint_interval"],
         "seconds of training between checkpoints (also after each model's last epoch); 0 = every epoch",
     )
-    _add(p, "--storage-retries", int, "4", "attempts for each write to --output before the run fails")
+    _add(p, "--storage-retries", int, d["storage_retries"], "attempts for each write to --output before the run fails")
     _add_switch(p, "--mixed-precision", "compute in float16 on GPUs (bfloat16 on CPUs), keep float32 weights")
     _add_switch(p, "--jit-compile", "compile the training step with XLA")
     _add_switch(p, "--verbose", "show Ray's and TensorFlow's own log lines too (they always go to the log file)")
-    _add(p, "--log-file", _optional, None, "the run's full log; default <output>/run.log, or ./<run-name>.log")
+    _add(p, "--log-file", _optional, d["log_file"], "the run's full log; default <output>/run.log, or ./<run-name>.log")
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
@@ -147,17 +176,11 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         description="Load a saved model "
         "(a model.keras file or a run's <model>/ folder) and print its error on a data set's test set.",
     )
+    d = defaults(EvaluateConfig)
     _add(p, "--model-uri", _optional, None, "model.keras file or folder holding it (path, file://, s3://, gs://)")
-    _add(p, "--dataset", str, "mnist", f"built-in data set: {', '.join(DATASETS)}")
-    _add(p, "--data-uri", _optional, None, "an .npz or a folder of IDX .gz files")
-    _add(p, "--batch-size", int, "1000", "evaluation batch size")
-
-
-def default_cpus_per_worker(address: str | None, workers: int) -> float:
-    """Locally, share this machine's cores between the workers (TF sizes its thread pools from Ray's CPU share)."""
-    if address:
-        return 1.0
-    return float(max(1, (os.cpu_count() or 1) // max(workers, 1)))
+    _add(p, "--dataset", str, d["dataset"], f"built-in data set: {', '.join(DATASETS)}")
+    _add(p, "--data-uri", _optional, d["data_uri"], "an .npz or a folder of IDX .gz files")
+    _add(p, "--batch-size", int, d["batch_size"], "evaluation batch size")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,8 +202,6 @@ def parse(argv: Sequence[str] | None = None) -> TrainConfig | EvaluateConfig:
                 raise ConfigError("--model-uri is required; point it at a model.keras file or a run's <model>/ folder")
             return EvaluateConfig(**args)
         args["run_name"] = args["run_name"] or default_run_name()
-        args["cpus_per_worker"] = args["cpus_per_worker"] or default_cpus_per_worker(args["address"], args["workers"])
-        args["output"] = args["output"] or os.path.join("artifacts", args["run_name"])
         return TrainConfig(**args)
     except ConfigError as err:
         parser.exit(2, f"{PROG}: error: {err}\n")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
+from typing import Any
 
 MODEL_NAMES = ("mlp", "cnn", "large_cnn")
 DISPLAY_NAMES = {"mlp": "MLP", "cnn": "Simple CNN", "large_cnn": "Large CNN"}
@@ -53,12 +55,12 @@ class TrainConfig:
     models: tuple[str, ...] = MODEL_NAMES
     epochs: int = 10
     batch_size: int = 200
-    workers: int = 2
+    workers: int | None = None  # None: 1 in local mode (fastest on one machine, see README), 2 on a cluster
     gpu: bool = False
-    cpus_per_worker: float = 1.0  # the CLI's default: this machine's cores shared out in local mode, else 1
+    cpus_per_worker: float | None = None  # None: this machine's cores shared out in local mode, 1 on a cluster
     dataset: str = "mnist"
     data_uri: str | None = None
-    output: str = ""
+    output: str | None = None  # None: ./artifacts/<run_name>
     run_name: str = field(default_factory=default_run_name)
     seed: int = 7
     address: str | None = None
@@ -76,6 +78,7 @@ class TrainConfig:
     log_file: str | None = None  # None: <output>/run.log for a local --output, else ./<run-name>.log
 
     def __post_init__(self) -> None:
+        self._resolve_defaults()
         if not self.models:
             raise ConfigError(f"--models is empty; pick from {','.join(MODEL_NAMES)}")
         for name in self.models:
@@ -112,6 +115,17 @@ class TrainConfig:
         _check_range("--storage-retries", self.storage_retries, 1, 20)
         _check_range("--checkpoint-interval", self.checkpoint_interval, 0, 86_400, " (0 checkpoints every epoch)")
 
+    def _resolve_defaults(self) -> None:
+        """The defaults that depend on other settings or on the machine: the one place they are computed."""
+        local = not self.address
+        if self.workers is None:
+            object.__setattr__(self, "workers", 1 if local else 2)
+        if self.cpus_per_worker is None:
+            shared = float(max(1, (os.cpu_count() or 1) // max(self.workers, 1)))
+            object.__setattr__(self, "cpus_per_worker", shared if local else 1.0)
+        if self.output is None:
+            object.__setattr__(self, "output", os.path.join("artifacts", self.run_name))
+
     @property
     def per_worker_batch(self) -> int:
         return self.batch_size // self.workers
@@ -122,6 +136,11 @@ class TrainConfig:
             return self.log_file
         local = "://" not in self.output or self.output.startswith("file://")
         return f"{self.output.removeprefix('file://').rstrip('/')}/run.log" if local else f"{self.run_name}.log"
+
+
+def defaults(config_class: type) -> dict[str, Any]:
+    """Each field's default (None where it is computed), for the CLI's help and env twins."""
+    return {f.name: None if f.default is MISSING else f.default for f in fields(config_class)}
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def run(config: EvaluateConfig) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="mnist-eval-") as tmp:
         (Path(tmp) / MODEL_FILE).write_bytes(raw)
         model = models.load(Path(tmp) / MODEL_FILE)
-    loss, error = models.evaluate(model, models.features(dataset.x_test, model), dataset.y_test)
+    loss, error = models.evaluate(model, models.features(dataset.x_test, model), dataset.y_test, config.batch_size)
     print(
         f"{model.name} on {dataset.name} ({len(dataset.y_test)} test images): error {error * 100:.2f}%, loss {loss:.4f}"
     )

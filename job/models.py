@@ -108,8 +108,8 @@ def load(path: Path) -> keras.Model:
     return keras.models.load_model(path)
 
 
-def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH) -> tuple[float, float]:
     """Test loss and error (0-1) on every example, computed locally: no collectives, so one worker can do it."""
-    probs = np.concatenate([model(x[i : i + EVAL_BATCH], training=False).numpy() for i in range(0, len(x), EVAL_BATCH)])
+    probs = np.concatenate([model(x[i : i + batch], training=False).numpy() for i in range(0, len(x), batch)])
     picked = np.clip(probs[np.arange(len(y)), y.astype(np.int64)], 1e-7, 1.0)
     return float(-np.log(picked).mean()), float((probs.argmax(axis=1) != y).mean())

@@ -151,7 +151,8 @@ def _check_resources(config: TrainConfig, cluster: dict[str, float]) -> None:
     """Fail at once, not after a placement timeout, when the cluster can never fit the workers."""
     if config.gpu and cluster.get("GPU", 0) < config.workers:
         raise ConfigError(
-            f"--gpu asks for {config.workers} GPUs but the Ray cluster has {cluster.get('GPU', 0):g}; "
+            f"--gpu asks for {config.workers} GPU{'s' if config.workers > 1 else ''} but the Ray cluster has "
+            f"{cluster.get('GPU', 0):g}; "
             "run on GPU nodes or drop --gpu"
         )
     needed = config.workers * config.cpus_per_worker

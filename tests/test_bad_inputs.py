@@ -165,11 +165,14 @@ CASES = [
     Case("address-unreachable", "`--address 127.0.0.1:PORT` where no Ray listens", ("--address", "127.0.0.1:{port}"),
          "cannot reach the Ray cluster at --address 127.0.0.1:{port} (Connection refused); check the address"),
     Case("gpu-none", "`--gpu` on a machine without GPUs", ("--gpu",),
-         "--gpu asks for 2 GPUs but the Ray cluster has 0; run on GPU nodes or drop --gpu"),
+         "--gpu asks for 1 GPU but the Ray cluster has 0; run on GPU nodes or drop --gpu"),
 ]  # fmt: skip
 
 # Faults and behaviours that need a whole run; each row names the test that shows it.
 FAULTS = [
+    ("`--gpu`, and Ray has GPUs that TensorFlow cannot use (no CUDA libraries, no driver)", "exit 1 within "
+     "seconds: `run failed: Ray assigned GPU 0 to this worker but TensorFlow sees no GPU: ...; refusing to train on "
+     "CPU`", "tests/test_gpu_paths.py::test_gpu_that_tensorflow_cannot_see_fails_fast_with_one_line"),
     ("`--metrics-port P` while P is taken", "not an error: each worker takes the next free port and logs "
      "`rank N: port P is in use, took the next free one` and `rank N: serving /metrics on :Q`",
      "tests/test_resume.py::test_busy_metrics_port_falls_back_to_the_next_free_one"),

@@ -1,6 +1,7 @@
 """CLI and config: flags and MNIST_TRAIN_* env twins give one frozen config; bad input is one line and exit 2."""
 
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -18,9 +19,14 @@ def parse(argv, monkeypatch=None, env=None):
 
 def test_defaults_are_the_tutorials() -> None:
     config = cli.parse(["train"])
-    assert (config.epochs, config.batch_size, config.seed, config.workers) == (10, 200, 7, 2)
+    assert (config.epochs, config.batch_size, config.seed) == (10, 200, 7)
     assert config.models == ("mlp", "cnn", "large_cnn") and config.dataset == "mnist"
     assert config.output == f"artifacts/{config.run_name}"
+    # Computed defaults: one worker with every core locally (measured fastest there), two on a cluster.
+    assert (config.workers, config.cpus_per_worker) == (1, float(os.cpu_count() or 1))
+    cluster = cli.parse(["train", "--address", "10.0.0.1:6379"])
+    assert (cluster.workers, cluster.cpus_per_worker) == (2, 1.0)
+    assert TrainConfig(output="/tmp/x").workers == 1  # a config built in code is resolved the same way
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.epochs = 3
 
