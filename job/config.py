@@ -112,6 +112,11 @@ class TrainConfig:
         _check_range("--max-failures", self.max_failures, -1, 1000, " (-1 retries forever)")
         _check_range("--steps-per-execution", self.steps_per_execution, 1, 10_000)
         _check_range("--start-timeout", self.start_timeout, 1, 86_400)
+        if self.jit_compile and not self.gpu:
+            raise ConfigError(
+                "--jit-compile needs --gpu: XLA cannot compile the CPU all-reduce of MultiWorkerMirroredStrategy "
+                "(CollectiveReduceV2); drop --jit-compile on CPUs"
+            )
         _check_range("--storage-retries", self.storage_retries, 1, 20)
         _check_range("--checkpoint-interval", self.checkpoint_interval, 0, 86_400, " (0 checkpoints every epoch)")
 

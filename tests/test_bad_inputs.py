@@ -91,6 +91,8 @@ CASES = [
          env={"MNIST_TRAIN_EPOCHS": "0"}),
     Case("workers-env", "`MNIST_TRAIN_WORKERS=two` in the environment", (),
          "argument --workers: invalid int value: 'two'", env={"MNIST_TRAIN_WORKERS": "two"}),
+    Case("jit-on-cpu", "`--jit-compile` without `--gpu`", ("--jit-compile",),
+         "--jit-compile needs --gpu: XLA cannot compile the CPU all-reduce of MultiWorkerMirroredStrategy"),
     Case("gpu-env", "`MNIST_TRAIN_GPU=maybe` in the environment", (), "MNIST_TRAIN_GPU: 'maybe' is not a boolean",
          env={"MNIST_TRAIN_GPU": "maybe"}),
     Case("workers-zero", "`--workers 0`", ("--workers", "0"), "--workers must be between 1 and 1024, got 0"),
