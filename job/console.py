@@ -50,7 +50,8 @@ def route_worker_output(log: TextIO, verbose: bool) -> None:
     def route(batch: dict[str, Any]) -> None:
         ours = not batch.get("is_err") and batch.get("actor_name") == WORKER_ACTOR
         who = f"({batch.get('actor_name') or batch.get('task_name') or ''} pid={batch.get('pid')})"
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
         for line in batch.get("lines", []):
             log.write(f"{stamp} {who} {line}\n")
             if ours:

@@ -10,6 +10,7 @@ import hashlib
 import io
 import logging
 import os
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 SAMPLE_PATH = Path(__file__).parent / "resources" / "mnist_sample.npz"
 MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
+KERAS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"  # where tf_keras.datasets downloads from
+DOWNLOAD_TIMEOUT_S = 30
 KERAS_CACHE = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {
@@ -89,11 +92,7 @@ def mnist() -> Dataset:
             raise DataError(f"{cached}: sha256 does not match MNIST's; delete the file to download it again")
         return from_npz(cached.read_bytes(), str(cached), name="mnist")
     try:
-        import tf_keras  # downloads to the Keras cache and checks the file's sha256
-
-        (x_train, y_train), (x_test, y_test) = tf_keras.datasets.mnist.load_data()
-        arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-        return checked("mnist", str(cached), arrays)
+        return from_npz(_download(KERAS_URL + "mnist.npz", cached, MNIST_SHA256), str(cached), name="mnist")
     except Exception as err:  # any download failure (no network, proxy, hash) falls back the same way
         log.warning(
             "\n%s\nWARNING: full MNIST could not be loaded (%s).\nFalling back to the 5,000-digit MNIST sample shipped "
@@ -111,17 +110,29 @@ def fashion_mnist() -> Dataset:
     for folder in (DEBIAN_FASHION, KERAS_CACHE / "fashion-mnist"):
         if all((folder / f).exists() for f in IDX_FILES.values()):
             return from_idx_folder(str(folder), name="fashion_mnist")
+    folder = KERAS_CACHE / "fashion-mnist"
     try:
-        import tf_keras
-
-        (x_train, y_train), (x_test, y_test) = tf_keras.datasets.fashion_mnist.load_data()
-        arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+        for filename in IDX_FILES.values():
+            _download(KERAS_URL + "fashion-mnist/" + filename, folder / filename)
     except Exception as err:
         raise DataError(
-            f"Fashion-MNIST is not in {DEBIAN_FASHION} or {KERAS_CACHE} and could not be downloaded ({err}); "
-            "install Debian's dataset-fashion-mnist or pass --data-uri"
+            f"Fashion-MNIST is not in {DEBIAN_FASHION} or {KERAS_CACHE} and could not be downloaded "
+            f"({first_line(err)}); install Debian's dataset-fashion-mnist or pass --data-uri"
         ) from None
-    return checked("fashion_mnist", str(KERAS_CACHE / "fashion-mnist"), arrays)
+    return from_idx_folder(str(folder), name="fashion_mnist")
+
+
+def _download(url: str, target: Path, sha256: str | None = None) -> bytes:
+    """Fetch a file from Keras' data set bucket into the Keras cache (whole or not at all); check its sha256."""
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        raw = response.read()
+    if sha256 and hashlib.sha256(raw).hexdigest() != sha256:
+        raise DataError(f"{url}: sha256 does not match; the download is corrupt or not the expected file")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    partial.write_bytes(raw)
+    partial.replace(target)
+    return raw
 
 
 def from_uri(uri: str) -> Dataset:

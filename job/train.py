@@ -171,6 +171,9 @@ def _ray_session(config: TrainConfig, log_stream: TextIO) -> Iterator[None]:
     console.adopt_ray_logger()
     os.environ.update(WORKER_ENV)
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(config.start_timeout))
+    # Ray Train's controller collects each worker's report every 2 s by default, and a worker's next report waits
+    # for it: with epochs of a second that cost up to 1.7 s per epoch. Ray passes this on to its controller.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     if config.address:
         log.info("joining the Ray cluster at %s", config.address)
         # No runtime_env here: a submitted job's own runtime_env must not be overridden (Ray refuses the merge);
