@@ -16,6 +16,7 @@ import re
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,9 +32,12 @@ OUTPUT, DATA = f"s3://{BUCKET}/{RUN}", f"s3://{BUCKET}/data/mnist-sample.npz"
 EPOCHS = 4
 
 
+RUN_LOG: list[Path] = []  # the runs' log file (their --output is remote), set by the moto fixture
+
+
 def command(*extra: str) -> list[str]:
     return ["--data-uri", DATA, "--models", "mlp", "--workers", "2", "--output", OUTPUT, "--run-name", RUN,
-            "--checkpoint-interval", "0", *extra]  # fmt: skip
+            "--checkpoint-interval", "0", "--log-file", str(RUN_LOG[0]), *extra]  # fmt: skip
 
 
 def epochs_printed(text: str, epochs: int) -> list[int]:
@@ -41,7 +45,8 @@ def epochs_printed(text: str, epochs: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    RUN_LOG[:] = [tmp_path_factory.mktemp("s3-run-log") / "run.log"]
     server = MotoServer()
     try:
         fs = server.filesystem()
@@ -117,7 +122,7 @@ def test_killed_driver_rerun_resumes_from_the_bucket(moto: MotoServer, resumed: 
 def test_credentials_appear_nowhere(moto: MotoServer, resumed: dict) -> None:
     assert "mnist_train_epochs_completed" in resumed["metrics"]
     texts = {"first run output": resumed["first"].output, "rerun output": resumed["second"].output,
-             "/metrics": resumed["metrics"]}  # fmt: skip
+             "/metrics": resumed["metrics"], "the runs' log file": RUN_LOG[0].read_text()}  # fmt: skip
     fs = moto.filesystem()
     for key in moto.keys(f"{BUCKET}/{RUN}"):
         texts[key] = fs.open_input_stream(key).read().decode("latin-1")
