@@ -72,7 +72,10 @@ def write(config: TrainConfig, dataset: Dataset, checkpoint: Path, started: floa
     staging = Path(tempfile.mkdtemp(prefix="mnist-artifacts-"))
     models = {}
     for name in config.models:
-        models[name] = _stage_model(name, checkpoint, staging, state.finished[name])
+        models[name] = {
+            **_stage_model(name, checkpoint, staging, state.finished[name]),
+            "recipe": asdict(config.recipe(name)),
+        }
     _plot_curves({name: m["history"] for name, m in models.items()}, staging / "curves.png")
     storage.upload_dir(staging, config.output)
     results = _results(config, dataset, models, started)

@@ -8,7 +8,16 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from job.config import DATASETS, MODEL_NAMES, ConfigError, EvaluateConfig, TrainConfig, default_run_name
+from job.config import (
+    DATASETS,
+    MODEL_NAMES,
+    RECIPES,
+    TUTORIAL_MODELS,
+    ConfigError,
+    EvaluateConfig,
+    TrainConfig,
+    default_run_name,
+)
 
 ENV_PREFIX = "MNIST_TRAIN_"
 PROG = "mnist-train"
@@ -40,6 +49,21 @@ def _models(text: str) -> tuple[str, ...]:
 
 def _optional(text: str) -> str | None:
     return text or None
+
+
+def _optional_int(text: str) -> int | None:
+    return int(text) if text.strip() else None
+
+
+_optional_int.__name__ = "int"  # argparse names the type in its error: "invalid int value: 'ten'"
+
+
+def _recipe_defaults(field: str) -> str:
+    """'10 for mlp, cnn, large_cnn; 30 for deep_bn_cnn': each model's own default, for --help."""
+    by_value: dict[int, list[str]] = {}
+    for name, recipe in RECIPES.items():
+        by_value.setdefault(getattr(recipe, field), []).append(name)
+    return "; ".join(f"{value} for {', '.join(names)}" for value, names in by_value.items())
 
 
 def _add(
@@ -74,10 +98,26 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "data-parallel (MultiWorkerMirroredStrategy on Ray Train workers) and write results to --output.",
     )
     _add(
-        p, "--models", _models, ",".join(MODEL_NAMES), f"comma-separated models to train, from {','.join(MODEL_NAMES)}"
+        p,
+        "--models",
+        _models,
+        ",".join(TUTORIAL_MODELS),
+        f"comma-separated models to train, from {','.join(MODEL_NAMES)}",
     )
-    _add(p, "--epochs", int, "10", "epochs per model")
-    _add(p, "--batch-size", int, "200", "global batch size, split evenly across workers")
+    _add(
+        p,
+        "--epochs",
+        _optional_int,
+        None,
+        f"epochs for every model; default: each model's own ({_recipe_defaults('epochs')})",
+    )
+    _add(
+        p,
+        "--batch-size",
+        _optional_int,
+        None,
+        f"global batch size, split evenly across workers; default: each model's own ({_recipe_defaults('batch_size')})",
+    )
     _add(p, "--workers", int, "2", "number of Ray Train workers")
     _add_switch(p, "--gpu", "give each worker one GPU")
     _add(p, "--cpus-per-worker", float, None, "CPUs per worker; default: cores/workers locally, 1 on a cluster")

@@ -184,7 +184,9 @@ class WorkerMetrics:
         """The Keras callback that records `model_name`'s epochs; `samples_per_epoch` is what this worker trains on."""
         if model_name not in self._models:
             self._models.append(model_name)
-        self._m["mnist_train_epochs_planned"].labels(**self._ids, model=model_name).set(self.config.epochs)
+        self._m["mnist_train_epochs_planned"].labels(**self._ids, model=model_name).set(
+            self.config.recipe(model_name).epochs
+        )
         return EpochMetrics(self, model_name, samples_per_epoch)
 
     def record_epoch(self, model: str, epoch: int, logs: Mapping[str, float], seconds: float, samples: int) -> None:

@@ -100,9 +100,10 @@ def _train_model(name, config, dataset, strategy, state, restored, exporter) -> 
     from job.models import build
 
     rank = ray.train.get_context().get_world_rank()
+    recipe, config = config.recipe(name), config.for_model(name)  # this model's epochs, batch size, schedule
     tf_keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        model = build(name, config.steps_per_execution)
+        model = build(name, config.steps_per_execution, recipe, len(dataset.y_train) // config.batch_size)
         tf_checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     if state.current == name and restored is not None:
         tf_checkpoint.read(str(restored / "current" / "ckpt")).expect_partial()
@@ -115,7 +116,7 @@ def _train_model(name, config, dataset, strategy, state, restored, exporter) -> 
     callback = exporter.callback(name, samples_per_epoch=steps * config.per_worker_batch)
     for epoch in range(len(state.history), config.epochs):
         started = time.perf_counter()
-        train = _train_data(tf, strategy, x_train, dataset.y_train, epoch, rank, config)
+        train = _train_data(tf, strategy, x_train, dataset.y_train, epoch, rank, config, recipe.augment)
         logs = model.fit(
             train,
             validation_data=val,
@@ -139,13 +140,17 @@ def _train_model(name, config, dataset, strategy, state, restored, exporter) -> 
         _report(config, state, record, name, tf_checkpoint, model if last else None, rank)
 
 
-def _train_data(tf, strategy, x, y, epoch, rank, config):
+def _train_data(tf, strategy, x, y, epoch, rank, config, augmented=False):
     """This worker's shard of the epoch, in per-worker batches of fixed shape."""
     idx = datamod.epoch_indices(len(y), epoch, config.seed, rank, config.workers, config.batch_size)
 
     def dataset_fn(input_context):
         batch = input_context.get_per_replica_batch_size(config.per_worker_batch)
         ds = tf.data.Dataset.from_tensor_slices((x[idx], y[idx])).batch(batch, drop_remainder=True)
+        if augmented:
+            from job.augment import augment, epoch_seed
+
+            ds = augment(ds, epoch_seed(config.seed, epoch, rank))
         return ds.prefetch(tf.data.AUTOTUNE)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
@@ -160,11 +165,12 @@ def _validation_data(tf, x, y, global_batch):
 
 def _finish(name, model, x_test, y_test, state, exporter, rank) -> None:
     """After the last epoch: the chief measures the error on the full test set, as the tutorial does."""
-    if rank != 0:
-        return
     from job.models import evaluate
 
+    # Every worker evaluates: under MWMS, reading batch norm's moving statistics is an all-reduce over the workers.
     loss, error = evaluate(model, x_test, y_test)
+    if rank != 0:
+        return
     state.finished[name] = {
         "history": state.history,
         "test_loss": loss,
