@@ -145,7 +145,7 @@ def _train_data(tf, strategy, x, y, epoch, rank, config, augmented=False):
     idx = datamod.epoch_indices(len(y), epoch, config.seed, rank, config.workers, config.batch_size)
 
     def dataset_fn(input_context):
-        batch = input_context.get_per_replica_batch_size(config.per_worker_batch)
+        batch = input_context.get_per_replica_batch_size(config.batch_size)  # takes the global batch (GUIDE 17)
         ds = tf.data.Dataset.from_tensor_slices((x[idx], y[idx])).batch(batch, drop_remainder=True)
         if augmented:
             from job.augment import augment, epoch_seed
