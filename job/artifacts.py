@@ -44,11 +44,20 @@ RUN_SETTINGS = "run-settings.json"
 RESUME_KEYS = ("models", "epochs", "batch_size", "seed")
 
 
+def _effective(config: TrainConfig) -> dict[str, Any]:
+    """Epochs and batch size as trained: one number when every model shares it, else one per model."""
+    found = {}
+    for key in ("epochs", "batch_size"):
+        values = {name: getattr(config.recipe(name), key) for name in config.models}
+        found[key] = next(iter(values.values())) if len(set(values.values())) == 1 else values
+    return found
+
+
 def claim_run(config: TrainConfig, dataset: Dataset) -> None:
     """Record what this run trains; a rerun that would resume it with other settings or data is refused."""
     uri = storage.join(config.output, "checkpoints", config.run_name, RUN_SETTINGS)
     settings = {**{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items() if k in RESUME_KEYS},
-                "dataset_sha256": dataset.sha256}  # fmt: skip
+                **_effective(config), "dataset_sha256": dataset.sha256}  # fmt: skip
     if storage.exists(uri):
         before = json.loads(storage.read_bytes(uri))
         changed = [f"{k} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v]
@@ -145,8 +154,7 @@ def _results(config: TrainConfig, dataset: Dataset, models: dict, started: float
         "workers": config.workers,
         "gpu": config.gpu,
         "seed": config.seed,
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
+        **_effective(config),
         "config": {k: storage.redact(v) if isinstance(v, str) else v for k, v in asdict(config).items()},
         "versions": versions(),
         "git_sha": git_sha(),
