@@ -86,8 +86,8 @@ def deep_bn_cnn() -> keras.Model:
             *[layer for filters in range(16, 89, 8) for layer in conv_bn_relu(filters)],
             layers.Flatten(),
             layers.Dense(NUM_CLASSES, use_bias=False),
-            layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
-            layers.Softmax(),
+            layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype="float32"),
+            layers.Softmax(dtype="float32"),  # float32 under mixed precision too, for a stable softmax
         ],
         name="deep_bn_cnn",
     )

@@ -26,6 +26,7 @@ def test_deep_bn_cnn_is_ten_unpadded_3x3_convolutions_with_batch_norm_and_no_poo
     assert kinds[1:4] == ["Conv2D", "BatchNormalization", "ReLU"] and kinds.count("BatchNormalization") == 11
     assert not any("Pool" in kind or "Dropout" in kind for kind in kinds)
     assert model.layers[-4].output_shape == (None, 8 * 8 * 88)  # each conv trims 2 pixels: 28 -> 8
+    assert model.layers[-1].dtype == "float32" and model.layers[-2].dtype == "float32"  # for mixed precision
 
 
 def test_layers_read_like_the_tutorial() -> None:
