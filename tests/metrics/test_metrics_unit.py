@@ -84,6 +84,19 @@ def test_callback_exports_every_epoch_of_a_real_fit(chief: metrics.WorkerMetrics
     assert value(text, "mnist_train_samples_per_second", model="mlp", rank="0") > 0
 
 
+def test_epochs_planned_follow_each_models_recipe(tmp_path: Path) -> None:
+    config = make_config(tmp_path, models=("mlp", "deep_bn_cnn"), epochs=None, metrics_port=free_port())
+    exporter = metrics.WorkerMetrics(config, 0, 1, "mnist-sample")
+    try:
+        exporter.callback("mlp", samples_per_epoch=64)
+        exporter.callback("deep_bn_cnn", samples_per_epoch=64)
+        text = scrape(exporter)
+        assert value(text, "mnist_train_epochs_planned", model="mlp") == 10
+        assert value(text, "mnist_train_epochs_planned", model="deep_bn_cnn") == 30
+    finally:
+        exporter.close()
+
+
 def test_info_start_time_and_test_results(chief: metrics.WorkerMetrics) -> None:
     chief.record_test("cnn", test_loss=0.03, test_error=0.0101)
     text = scrape(chief)
