@@ -47,11 +47,20 @@ RUN_SETTINGS = "run-settings.json"
 RESUME_KEYS = ("models", "epochs", "batch_size", "seed")
 
 
+def _effective(config: TrainConfig) -> dict[str, Any]:
+    """Epochs and batch size as trained: one number when every model shares it, else one per model."""
+    found = {}
+    for key in ("epochs", "batch_size"):
+        values = {name: getattr(config.recipe(name), key) for name in config.models}
+        found[key] = next(iter(values.values())) if len(set(values.values())) == 1 else values
+    return found
+
+
 def claim_run(config: TrainConfig, dataset: Dataset) -> None:
     """Record what this run trains; a rerun that would resume it with other settings or data is refused."""
     uri = storage.join(config.output, "checkpoints", config.run_name, RUN_SETTINGS)
     settings = {**{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items() if k in RESUME_KEYS},
-                "dataset_sha256": dataset.sha256}  # fmt: skip
+                **_effective(config), "dataset_sha256": dataset.sha256}  # fmt: skip
     if storage.exists(uri):
         before = json.loads(storage.read_bytes(uri))
         changed = [f"{k} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v]
@@ -77,7 +86,9 @@ def write(config: TrainConfig, dataset: Dataset, checkpoint: Path, started: floa
         histories = {name: state.finished[name]["history"] for name in config.models}
         _plot_curves(histories, staging / "curves.png")
         storage.upload_dir(staging, config.output)
-    results = _results(config, dataset, {name: _model_results(state.finished[name]) for name in config.models}, started)
+    models = {name: {**_model_results(state.finished[name]), "recipe": asdict(config.recipe(name))}
+              for name in config.models}  # fmt: skip
+    results = _results(config, dataset, models, started)
     storage.write_bytes(storage.join(config.output, RESULTS), json.dumps(results, indent=2).encode())
     return results
 
@@ -145,8 +156,7 @@ def _results(config: TrainConfig, dataset: Dataset, models: dict, started: float
         "gpu": devices["type"] == "GPU",
         "devices": devices,
         "seed": config.seed,
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
+        **_effective(config),
         "config": {k: storage.redact(v) if isinstance(v, str) else v for k, v in asdict(config).items()},
         "versions": versions(),
         "git_sha": git_sha(),

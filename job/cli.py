@@ -10,7 +10,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from job.config import DATASETS, MODEL_NAMES, ConfigError, EvaluateConfig, TrainConfig, default_run_name, defaults
+from job.config import (
+    DATASETS,
+    MODEL_NAMES,
+    RECIPES,
+    ConfigError,
+    EvaluateConfig,
+    TrainConfig,
+    default_run_name,
+    defaults,
+)
 from job.data import DataError
 from job.errors import root_cause
 from job.storage import redact
@@ -49,6 +58,21 @@ def _optional(text: str) -> str | None:
     return text or None
 
 
+def _optional_int(text: str) -> int | None:
+    return int(text) if text.strip() else None
+
+
+_optional_int.__name__ = "int"  # argparse names the type in its error: "invalid int value: 'ten'"
+
+
+def _recipe_defaults(field: str) -> str:
+    """'10 for mlp, cnn, large_cnn; 30 for deep_bn_cnn': each model's own default, for --help."""
+    by_value: dict[int, list[str]] = {}
+    for name, recipe in RECIPES.items():
+        by_value.setdefault(getattr(recipe, field), []).append(name)
+    return "; ".join(f"{value} for {', '.join(names)}" for value, names in by_value.items())
+
+
 def _add(
     parser: argparse.ArgumentParser, flag: str, type_: Callable[[str], Any], default: Any, help_: str, **kw: Any
 ) -> None:
@@ -82,8 +106,20 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     )
     d = defaults(TrainConfig)
     _add(p, "--models", _models, d["models"], f"comma-separated models to train, from {','.join(MODEL_NAMES)}")
-    _add(p, "--epochs", int, d["epochs"], "epochs per model")
-    _add(p, "--batch-size", int, d["batch_size"], "global batch size, split evenly across workers")
+    _add(
+        p,
+        "--epochs",
+        _optional_int,
+        d["epochs"],
+        f"epochs for every model; default: each model's own ({_recipe_defaults('epochs')})",
+    )
+    _add(
+        p,
+        "--batch-size",
+        _optional_int,
+        d["batch_size"],
+        f"global batch size, split evenly across workers; default: each model's own ({_recipe_defaults('batch_size')})",
+    )
     _add(
         p,
         "--workers",

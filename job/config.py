@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
-MODEL_NAMES = ("mlp", "cnn", "large_cnn")
-DISPLAY_NAMES = {"mlp": "MLP", "cnn": "Simple CNN", "large_cnn": "Large CNN"}
+TUTORIAL_MODELS = ("mlp", "cnn", "large_cnn")
+MODEL_NAMES = (*TUTORIAL_MODELS, "deep_bn_cnn")
+DISPLAY_NAMES = {"mlp": "MLP", "cnn": "Simple CNN", "large_cnn": "Large CNN", "deep_bn_cnn": "Deep BN CNN"}
 DATASETS = ("mnist", "mnist-sample", "fashion_mnist")
 URI_SCHEMES = ("file", "s3", "gs")
 MAX_EPOCHS = 1000
@@ -51,10 +52,35 @@ def _check_range(name: str, value: float, low: float, high: float, hint: str = "
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    models: tuple[str, ...] = MODEL_NAMES
+class Recipe:
+    """How a model trains unless --epochs / --batch-size say otherwise. Adam from `learning_rate`; the rate decays
+    exponentially, once per epoch, to `final_lr_ratio` of it at the last epoch (1.0: constant, as in the tutorial)."""
+
     epochs: int = 10
     batch_size: int = 200
+    learning_rate: float = 1e-3
+    final_lr_ratio: float = 1.0
+    augment: bool = False  # random rotations and translations (job/augment.py)
+
+    def lr_decay_per_epoch(self) -> float:
+        return self.final_lr_ratio ** (1 / self.epochs)
+
+
+# The tutorial models keep the tutorial's settings. deep_bn_cnn follows An et al. 2020 (job/models.py): batch 120,
+# Adam 1e-3 decayed x0.98 per epoch for 150 epochs (to 0.048), augmented; here over 30 epochs to the same end rate.
+RECIPES = {
+    "mlp": Recipe(),
+    "cnn": Recipe(),
+    "large_cnn": Recipe(),
+    "deep_bn_cnn": Recipe(epochs=30, batch_size=120, final_lr_ratio=0.98**150, augment=True),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    models: tuple[str, ...] = TUTORIAL_MODELS
+    epochs: int | None = None  # None: each model's recipe (RECIPES)
+    batch_size: int | None = None  # global; None: each model's recipe
     workers: int | None = None  # None: 1 in local mode (fastest on one machine, see README), 2 on a cluster
     gpu: bool = False
     cpus_per_worker: float | None = None  # None: this machine's cores shared out in local mode, 1 on a cluster
@@ -86,14 +112,22 @@ class TrainConfig:
                 raise ConfigError(f"unknown model {name!r} in --models; pick from {','.join(MODEL_NAMES)}")
         if len(set(self.models)) != len(self.models):
             raise ConfigError(f"--models lists a model twice: {','.join(self.models)}")
-        _check_range("--epochs", self.epochs, 1, MAX_EPOCHS)
+        if self.epochs is not None:
+            _check_range("--epochs", self.epochs, 1, MAX_EPOCHS)
         _check_range("--workers", self.workers, 1, MAX_WORKERS)
-        _check_range("--batch-size", self.batch_size, 1, 1_000_000)
-        if self.batch_size % self.workers:
-            raise ConfigError(
-                f"--batch-size {self.batch_size} does not split evenly over {self.workers} workers; "
-                f"use a multiple of {self.workers} (the batch size is global, shared by all workers)"
-            )
+        if self.batch_size is not None:
+            _check_range("--batch-size", self.batch_size, 1, 1_000_000)
+            if self.batch_size % self.workers:
+                raise ConfigError(
+                    f"--batch-size {self.batch_size} does not split evenly over {self.workers} workers; "
+                    f"use a multiple of {self.workers} (the batch size is global, shared by all workers)"
+                )
+        for name in self.models:
+            if self.recipe(name).batch_size % self.workers:
+                raise ConfigError(
+                    f"{name}'s default global batch {RECIPES[name].batch_size} does not split evenly over "
+                    f"{self.workers} workers; pass --batch-size with a multiple of {self.workers}"
+                )
         _check_range("--cpus-per-worker", self.cpus_per_worker, 0.1, 512)
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown --dataset {self.dataset!r}; pick from {', '.join(DATASETS)} or give --data-uri")
@@ -131,8 +165,20 @@ class TrainConfig:
         if self.output is None:
             object.__setattr__(self, "output", os.path.join("artifacts", self.run_name))
 
+    def recipe(self, name: str) -> Recipe:
+        """`name`'s recipe, with --epochs and --batch-size put in when given."""
+        default = RECIPES[name]
+        return replace(default, epochs=self.epochs or default.epochs, batch_size=self.batch_size or default.batch_size)
+
+    def for_model(self, name: str) -> TrainConfig:
+        """This config with `name`'s epochs and batch size filled in (what a worker trains that model with)."""
+        recipe = self.recipe(name)
+        return replace(self, epochs=recipe.epochs, batch_size=recipe.batch_size)
+
     @property
     def per_worker_batch(self) -> int:
+        if self.batch_size is None:
+            raise ValueError("per_worker_batch needs a batch size; use config.for_model(name)")
         return self.batch_size // self.workers
 
     @property

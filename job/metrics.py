@@ -186,7 +186,7 @@ class WorkerMetrics:
         self._m["mnist_train_samples_per_second"].labels(**ids).set(local_examples / seconds if seconds > 0 else 0.0)
         self._m["mnist_train_samples"].labels(**ids).inc(local_examples)
         self._m["mnist_train_epochs_completed"].labels(**ids).set(epoch)
-        self._m["mnist_train_epochs_planned"].labels(**ids).set(self.config.epochs)
+        self._m["mnist_train_epochs_planned"].labels(**ids).set(self.config.recipe(model).epochs)
         self.push(model)
 
     def record_test(self, model_name: str, test_loss: float, test_error: float) -> None:

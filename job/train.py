@@ -114,9 +114,12 @@ def _check_gpu_visible() -> None:
 
 
 def _check_batch(config: TrainConfig, dataset: Dataset) -> None:
-    if config.batch_size > len(dataset.y_train):
+    name = max(config.models, key=lambda name: config.recipe(name).batch_size)
+    batch_size = config.recipe(name).batch_size
+    if batch_size > len(dataset.y_train):
+        what = "--batch-size" if config.batch_size else f"{name}'s default global batch"
         raise ConfigError(
-            f"--batch-size {config.batch_size} is larger than the {len(dataset.y_train)} training examples of "
+            f"{what} {batch_size} is larger than the {len(dataset.y_train)} training examples of "
             f"{dataset.name}; lower --batch-size"
         )
 
@@ -193,19 +196,22 @@ def _ray_session(config: TrainConfig, log_stream: TextIO) -> Iterator[None]:
 
 def _print_plan(config: TrainConfig, dataset: Dataset) -> None:
     where = f"Ray cluster {config.address}" if config.address else "a local Ray instance"
+    plans: dict[tuple[int, int], list[str]] = {}  # models that share epochs and batch size, in one phrase
+    for name in config.models:
+        plans.setdefault((config.recipe(name).epochs, config.recipe(name).batch_size), []).append(name)
+    plan = "; ".join(f"{', '.join(names)} for {e} epochs, global batch {b}" for (e, b), names in plans.items())
     print(
-        f"run {config.run_name}: {', '.join(config.models)} for {config.epochs} epochs, "
-        f"global batch {config.batch_size}"
-        f" on {config.workers} {'GPU' if config.gpu else 'CPU'} workers ({where})\n"
+        f"run {config.run_name}: {plan} on {config.workers} {'GPU' if config.gpu else 'CPU'} workers ({where})\n"
         f"data {dataset.name}: {len(dataset.y_train)} train / {len(dataset.y_test)} test; "
         f"output {storage.redact(config.output)}",
         flush=True,
     )
-    dropped = len(dataset.y_train) % config.batch_size
-    if dropped:
-        log.warning(
-            "%d training examples do not fill a last global batch of %d; each epoch leaves out a different %d",
-            dropped,
-            config.batch_size,
-            dropped,
-        )
+    for batch_size in sorted({config.recipe(name).batch_size for name in config.models}):
+        dropped = len(dataset.y_train) % batch_size
+        if dropped:
+            log.warning(
+                "%d training examples do not fill a last global batch of %d; each epoch leaves out a different %d",
+                dropped,
+                batch_size,
+                dropped,
+            )

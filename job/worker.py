@@ -97,12 +97,12 @@ def _train_model(worker: Worker, name: str) -> None:
 
     from job import ledger, models
 
-    config, dataset = worker.config, worker.dataset
+    config, dataset = worker.config.for_model(name), worker.dataset  # this model's epochs and batch size
     models.seed(config.seed)
+    steps = len(dataset.y_train) // config.batch_size
     with worker.strategy.scope():
-        model = models.build(name, config)
+        model = models.build(name, config, steps_per_epoch=steps)
         tf_checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-        steps = len(dataset.y_train) // config.batch_size
         consumed = ledger.Ledger(len(dataset.y_train), steps)
     consumed.attach(model)
     if worker.state.current == name and worker.restored is not None:
@@ -115,7 +115,7 @@ def _train_model(worker: Worker, name: str) -> None:
     last_saved = time.perf_counter()
     for epoch in range(len(worker.state.history), config.epochs):
         started, started_at = time.perf_counter(), time.time()
-        train = _train_data(worker, pixels, epoch)
+        train = _train_data(worker, config, name, pixels, epoch)
         logs = model.fit(train, validation_data=val, steps_per_epoch=steps, initial_epoch=epoch, epochs=epoch + 1,
                          verbose=0).history  # fmt: skip
         seconds = time.perf_counter() - started
@@ -140,7 +140,7 @@ def _chief_seconds_since(worker: Worker, started: float) -> float:
     return float(total)
 
 
-def _train_data(worker: Worker, pixels: Any, epoch: int) -> Any:
+def _train_data(worker: Worker, config: TrainConfig, name: str, pixels: Any, epoch: int) -> Any:
     """This worker's shard of the epoch as (image, label, example id), in per-replica batches of fixed shape.
 
     The batches are gathered by index from the training set, held once per model as stored (uint8: a quarter of the
@@ -148,7 +148,7 @@ def _train_data(worker: Worker, pixels: Any, epoch: int) -> Any:
     """
     import tensorflow as tf
 
-    config, y = worker.config, worker.dataset.y_train
+    y = worker.dataset.y_train
     idx = epoch_indices(len(y), epoch, config.seed, worker.rank, config.workers, config.batch_size)
     labels = tf.constant(y)
 
@@ -161,7 +161,12 @@ def _train_data(worker: Worker, pixels: Any, epoch: int) -> Any:
         # The global batch: the context divides it by the replicas in sync (workers x devices per worker).
         batch = input_context.get_per_replica_batch_size(config.batch_size)
         ids = tf.data.Dataset.from_tensor_slices(idx).batch(batch, drop_remainder=True)
-        return ids.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        ds = ids.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        if config.recipe(name).augment:
+            from job.augment import augment, epoch_seed
+
+            ds = augment(ds, epoch_seed(config.seed, epoch, worker.rank))
+        return ds.prefetch(tf.data.AUTOTUNE)
 
     return worker.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -188,16 +193,17 @@ def _report(worker: Worker, name: str, record: dict[str, Any], tf_checkpoint: An
         if final_model is not None:
             model_dir = worker.workdir / "models" / name if worker.chief else folder / name
             models.export(final_model, model_dir)
+            # Every worker evaluates: under MWMS, reading batch norm's moving statistics is a collective.
+            x_test = models.features(worker.dataset.x_test, final_model)
+            loss, error = models.evaluate(final_model, x_test, worker.dataset.y_test)
             if worker.chief:
-                loss, error = models.evaluate(final_model, models.features(worker.dataset.x_test, final_model),
-                                              worker.dataset.y_test)  # fmt: skip
                 worker.state.finish(name, _results(worker, final_model, loss, error), model_dir)
                 worker.exporter.record_test(name, test_loss=loss, test_error=error)
         elif tf_checkpoint is not None:
             tf_checkpoint.write(str(folder / checkpoint.CURRENT))
         saving = final_model is not None or tf_checkpoint is not None
         if worker.chief:
-            print_epoch(name, record, worker.config.epochs)
+            print_epoch(name, record, worker.config.recipe(name).epochs)
             if saving:
                 worker.state.save(folder)
         saved = ray.train.Checkpoint.from_directory(str(folder)) if worker.chief and saving else None

@@ -24,6 +24,22 @@ def test_claim_run_records_settings_and_refuses_a_changed_resume(tmp_path) -> No
         artifacts.claim_run(config, other)
 
 
+def test_resume_compares_what_each_model_trains_with_not_how_it_was_spelled(tmp_path) -> None:
+    sample = data.mnist_sample()
+    config = TrainConfig(output=str(tmp_path), run_name="r1", models=("mlp", "deep_bn_cnn"))  # the recipes' defaults
+    artifacts.claim_run(config, sample)
+    recorded = json.loads((tmp_path / "checkpoints" / "r1" / artifacts.RUN_SETTINGS).read_text())
+    assert recorded["epochs"] == {"mlp": 10, "deep_bn_cnn": 30}
+    assert recorded["batch_size"] == {"mlp": 200, "deep_bn_cnn": 120}
+    with pytest.raises(ConfigError, match=r"epochs \{'mlp': 10, 'deep_bn_cnn': 30\} -> 30"):
+        artifacts.claim_run(TrainConfig(output=str(tmp_path), run_name="r1", models=config.models, epochs=30), sample)
+    artifacts.claim_run(TrainConfig(output=str(tmp_path / "b"), run_name="r2", models=("deep_bn_cnn",)), sample)
+    restated = TrainConfig(
+        output=str(tmp_path / "b"), run_name="r2", models=("deep_bn_cnn",), epochs=30, batch_size=120
+    )
+    artifacts.claim_run(restated, sample)  # the same training, spelled out: resumes
+
+
 def test_cli_refuses_to_resume_with_other_epochs_before_starting_ray(tmp_path) -> None:
     settings = tmp_path / "checkpoints" / "r1" / artifacts.RUN_SETTINGS
     settings.parent.mkdir(parents=True)

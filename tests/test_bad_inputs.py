@@ -101,7 +101,11 @@ CASES = [
     Case("batch-above-data", "`--batch-size 6000` on 4,000 training images",
          ("--batch-size", "6000"), "--batch-size 6000 is larger than the 4000 training examples of mnist-sample"),
     Case("unknown-model", "`--models mlp,resnet`", ("--models", "mlp,resnet"),
-         "unknown model 'resnet' in --models; pick from mlp,cnn,large_cnn"),
+         "unknown model 'resnet' in --models; pick from mlp,cnn,large_cnn,deep_bn_cnn"),
+    Case("recipe-batch-split", "`--models deep_bn_cnn --workers 7` (its default batch 120 does not split 7 ways)",
+         ("--models", "deep_bn_cnn", "--workers", "7"),
+         "deep_bn_cnn's default global batch 120 does not split evenly over 7 workers; pass --batch-size with a "
+         "multiple of 7"),
     Case("unknown-dataset", "`--dataset cifar10`", ("--dataset", "cifar10"),
          "unknown --dataset 'cifar10'; pick from mnist, mnist-sample, fashion_mnist or give --data-uri"),
     Case("metrics-port-range", "`--metrics-port 70000`", ("--metrics-port", "70000"),

@@ -19,7 +19,9 @@ def parse(argv, monkeypatch=None, env=None):
 
 def test_defaults_are_the_tutorials() -> None:
     config = cli.parse(["train"])
-    assert (config.epochs, config.batch_size, config.seed) == (10, 200, 7)
+    assert (config.epochs, config.batch_size) == (None, None)  # each model's recipe
+    assert [(config.recipe(n).epochs, config.recipe(n).batch_size) for n in config.models] == [(10, 200)] * 3
+    assert config.seed == 7
     assert config.models == ("mlp", "cnn", "large_cnn") and config.dataset == "mnist"
     assert config.output == f"artifacts/{config.run_name}"
     # Computed defaults: one worker with every core locally (measured fastest there), two on a cluster.
@@ -66,6 +68,20 @@ def test_env_twins_give_the_same_config_as_flags(monkeypatch) -> None:
     assert parse(["train", "--epochs", "5"], monkeypatch, env).epochs == 5  # a flag wins over its env twin
 
 
+def test_each_model_trains_with_its_own_recipe_unless_flags_say_otherwise(monkeypatch) -> None:
+    config = parse(["train", "--models", "mlp,deep_bn_cnn", "--workers", "2"])
+    assert (config.for_model("mlp").epochs, config.for_model("mlp").batch_size) == (10, 200)
+    assert (config.for_model("deep_bn_cnn").epochs, config.for_model("deep_bn_cnn").batch_size) == (30, 120)
+    assert config.for_model("deep_bn_cnn").per_worker_batch == 60
+    explicit = parse(["train", "--models", "mlp,deep_bn_cnn", "--epochs", "4", "--batch-size", "60"])
+    assert {(explicit.recipe(n).epochs, explicit.recipe(n).batch_size) for n in explicit.models} == {(4, 60)}
+    assert explicit.recipe("deep_bn_cnn").augment and explicit.recipe("deep_bn_cnn").final_lr_ratio < 0.05
+    by_env = parse(["train", "--models", "deep_bn_cnn"], monkeypatch, {"MNIST_TRAIN_EPOCHS": "5"})
+    assert by_env.recipe("deep_bn_cnn").epochs == 5
+    empty_env = parse(["train", "--models", "deep_bn_cnn"], monkeypatch, {"MNIST_TRAIN_EPOCHS": ""})
+    assert empty_env.epochs is None and empty_env.recipe("deep_bn_cnn").epochs == 30
+
+
 def test_every_flag_has_a_documented_env_twin() -> None:
     parser = cli.build_parser()
     for sub in parser._subparsers._group_actions[0].choices.values():
@@ -82,6 +98,13 @@ def test_every_flag_has_a_documented_env_twin() -> None:
         (["--epochs", "100000"], {}, "--epochs must be between 1 and 1000, got 100000"),
         (["--workers", "0"], {}, "--workers must be between 1 and 1024, got 0"),
         (["--workers", "4", "--batch-size", "2"], {}, "--batch-size 2 does not split evenly over 4 workers"),
+        (
+            ["--models", "deep_bn_cnn", "--workers", "7"],
+            {},
+            "deep_bn_cnn's default global batch 120 does not split evenly over 7 workers; pass --batch-size with a "
+            "multiple of 7",
+        ),
+        (["--epochs", "ten"], {}, "argument --epochs: invalid int value: 'ten'"),
         (["--models", "mlp,resnet"], {}, "unknown model 'resnet' in --models; pick from mlp,cnn,large_cnn"),
         (["--dataset", "cifar10"], {}, "unknown --dataset 'cifar10'"),
         (["--output", "ftp://host/x"], {}, "--output 'ftp://host/x' has the unsupported scheme 'ftp://'"),

@@ -23,6 +23,7 @@ CASES: dict[str, dict[str, Any]] = {
     "default-gpu": {},
     "gpu-example": yaml.safe_load((REPO / "k8s" / "values-gpu.yaml").read_text()),
     "cpu-kind": yaml.safe_load((REPO / "k8s" / "values-kind.yaml").read_text()),
+    "best-model": yaml.safe_load((REPO / "k8s" / "values-best-model.yaml").read_text()),
     "pushgateway": {"metrics": {"pushgatewayUrl": "http://pushgateway.monitoring:9091"}},
     "podmonitor": {"metrics": {"podMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}}},
     "dashboard-off": {"grafanaDashboard": {"enabled": False}},

@@ -14,7 +14,8 @@ import yaml
 from chartlib import CHART, REPO
 
 BAD_VALUES = sorted((Path(__file__).parent / "bad-values").glob("*.yaml"))
-GOOD_VALUES = [CHART / "values.yaml", REPO / "k8s" / "values-kind.yaml", REPO / "k8s" / "values-gpu.yaml"]
+GOOD_VALUES = [CHART / "values.yaml", REPO / "k8s" / "values-kind.yaml", REPO / "k8s" / "values-gpu.yaml",
+               REPO / "k8s" / "values-best-model.yaml"]  # fmt: skip
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 
 

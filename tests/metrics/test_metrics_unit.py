@@ -95,6 +95,19 @@ def test_every_epoch_of_a_real_fit_is_exported(chief: metrics.WorkerMetrics) -> 
     assert value(text, "mnist_train_samples_per_second", model="mlp", rank="0") > 0
 
 
+def test_epochs_planned_follow_each_models_recipe(tmp_path: Path) -> None:
+    worker = exporter(tmp_path, 0, 1, "mnist-sample", models=("mlp", "deep_bn_cnn"), epochs=None,
+                      metrics_port=free_port())  # fmt: skip
+    try:
+        for name in ("mlp", "deep_bn_cnn"):
+            worker.record_epoch(name, {"epoch": 1, "loss": 1.0, "seconds": 0.1}, local_examples=64)
+        text = scrape(worker)
+        assert value(text, "mnist_train_epochs_planned", model="mlp") == 10
+        assert value(text, "mnist_train_epochs_planned", model="deep_bn_cnn") == 30
+    finally:
+        worker.close()
+
+
 def test_info_start_time_and_test_results(chief: metrics.WorkerMetrics) -> None:
     chief.record_test("cnn", test_loss=0.03, test_error=0.0101)
     text = scrape(chief)

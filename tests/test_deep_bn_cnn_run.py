@@ -1,0 +1,126 @@
+"""deep_bn_cnn trained for real by the job: 2 Ray workers on 1,920 shipped MNIST digits (16 steps an epoch).
+
+One short run: every artifact is written and reproduces the reported error (Keras, SavedModel, `evaluate`). One run
+whose non-chief worker is SIGKILLed after a checkpoint: it resumes, and the optimizer's step counter, which drives
+the learning-rate schedule, carries on from the checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from live_run import SNAPSHOT, LiveRun, wait_registered
+
+from job import data, models
+from job.config import RECIPES
+
+from support import run_job
+
+TRAIN = 1920  # 16 global batches of deep_bn_cnn's default 120
+STEPS = TRAIN // RECIPES["deep_bn_cnn"].batch_size
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sample = data.mnist_sample()
+    path = tmp_path_factory.mktemp("digits") / "digits.npz"
+    np.savez_compressed(path, x_train=sample.x_train[:TRAIN], y_train=sample.y_train[:TRAIN],
+                        x_test=sample.x_test, y_test=sample.y_test)  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+    output = tmp_path_factory.mktemp("deep") / "out"
+    process = run_job("train", "--models", "deep_bn_cnn", "--data-uri", str(digits), "--workers", "2",
+                      "--epochs", "3", "--output", str(output), "--run-name", "deep-run")  # fmt: skip
+    assert process.returncode == 0, process.stderr[-3000:]
+    return output, json.loads((output / "results.json").read_text()), process.stdout
+
+
+def load_model(path: Path):
+    import tf_keras
+
+    return tf_keras.models.load_model(path)
+
+
+def learning_rate(optimizer) -> float:
+    """The rate the optimizer's schedule gives for its next step."""
+    import tf_keras
+
+    schedule = tf_keras.optimizers.schedules.deserialize(optimizer.get_config()["learning_rate"])
+    return float(schedule(optimizer.iterations))
+
+
+def test_short_run_writes_every_artifact_with_the_recipe(run) -> None:
+    output, results, stdout = run
+    model = results["models"]["deep_bn_cnn"]
+    assert model["params"] == 310_872 and [r["epoch"] for r in model["history"]] == [1, 2, 3]
+    assert model["recipe"] == {"epochs": 3, "batch_size": 120, "learning_rate": 1e-3,
+                               "final_lr_ratio": pytest.approx(0.98**150), "augment": True}  # fmt: skip
+    assert results["workers"] == 2 and results["epochs"] == 3 and results["batch_size"] == 120
+    assert "deep_bn_cnn for 3 epochs, global batch 120 on 2 CPU workers" in stdout
+    assert model["history"][2]["loss"] < model["history"][1]["loss"] < model["history"][0]["loss"]
+    assert 0 < model["test_error"] < 0.6  # 48 steps; chance is 0.90
+    folder = output / "deep_bn_cnn"
+    assert [int(r["epoch"]) for r in csv.DictReader((folder / "history.csv").open())] == [1, 2, 3]
+    assert (folder / "saved_model" / "saved_model.pb").is_file()
+    assert (output / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (output / "checkpoints" / "deep-run").is_dir()
+
+
+def test_saved_model_reproduces_the_error_with_averaged_batch_norm_statistics(run, digits) -> None:
+    import tensorflow as tf
+
+    output, results, _ = run
+    reported = results["models"]["deep_bn_cnn"]["test_error"]
+    sample = data.mnist_sample()
+    x = data.features(sample.x_test, "deep_bn_cnn")
+    keras_model = load_model(output / "deep_bn_cnn" / "model.keras")
+    assert models.evaluate(keras_model, x, sample.y_test)[1] == pytest.approx(reported, abs=1e-9)
+    serving = tf.saved_model.load(str(output / "deep_bn_cnn" / "saved_model"))
+    probs = np.concatenate([serving.serve(tf.constant(x[i : i + 500])).numpy() for i in range(0, len(x), 500)])
+    assert float((probs.argmax(axis=1) != sample.y_test).mean()) == pytest.approx(reported, abs=1e-9)
+    assert int(keras_model.optimizer.iterations) == 3 * STEPS
+    out = run_job("evaluate", "--model-uri", f"file://{output}/deep_bn_cnn", "--data-uri", str(digits))
+    assert out.returncode == 0, out.stderr
+    assert f"error {results['models']['deep_bn_cnn']['test_error_percent']:.2f}%" in out.stdout
+
+
+EPOCHS = 4
+EPOCH_LINE = r"RayTrainWorker pid=(\d+)\)\S*\s+deep_bn_cnn\s+epoch\s+2/" + str(EPOCHS)
+
+
+@pytest.fixture(scope="module")
+def resumed(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[LiveRun, int, Path]:
+    output = tmp_path_factory.mktemp("deep-resume") / "out"
+    live = LiveRun("--models", "deep_bn_cnn", "--data-uri", str(digits), "--workers", "2", "--epochs", str(EPOCHS),
+                   "--output", str(output), "--run-name", "deep-kill", "--checkpoint-interval", "0")  # fmt: skip
+    try:
+        live.wait_for(r"deep_bn_cnn\s+epoch\s+2/")
+        chief = int(re.search(EPOCH_LINE, (output / "run.log").read_text())[1])  # the log keeps Ray's pid prefixes
+        wait_registered((output / "checkpoints" / "deep-kill" / SNAPSHOT).read_bytes, 2)
+        os.kill(next(pid for pid in live.train_workers() if pid != chief), signal.SIGKILL)
+        return live, live.finish(), output
+    finally:
+        live.stop()
+
+
+def test_resume_after_a_kill_continues_the_learning_rate_schedule(resumed) -> None:
+    live, code, output = resumed
+    assert code == 0, live.tail()
+    at = re.search(r"resuming from checkpoint: finished none, deep_bn_cnn at epoch (\d)", live.output)
+    assert at and int(at[1]) >= 2, live.tail()
+    results = json.loads((output / "results.json").read_text())
+    assert [r["epoch"] for r in results["models"]["deep_bn_cnn"]["history"]] == list(range(1, EPOCHS + 1))
+    optimizer = load_model(output / "deep_bn_cnn" / "model.keras").optimizer
+    # Restarted from zero, the counter would stand at (EPOCHS - resumed epoch) * STEPS and the rate would be higher.
+    assert int(optimizer.iterations) == EPOCHS * STEPS
+    assert learning_rate(optimizer) == pytest.approx(1e-3 * 0.98**150, rel=1e-4)
