@@ -413,7 +413,7 @@ def main() -> int:
     parser.add_argument("--skip", action="append", default=[], choices=list(RUNS), help="leave out a run (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--mode", choices=("both", "timing", "memory"), default="both",
-                        help="timing: no sampler; memory: sampled; both: timings from one, memory from the other")  # fmt: skip
+                        help="timing: no sampler; memory: sampled; both: each from its pass")  # fmt: skip
     parser.add_argument(
         "--quiet-below",
         type=float,

@@ -29,4 +29,4 @@ def test_every_step_trains_on_the_global_batch_and_every_epoch_on_each_example_o
         assert record["samples_per_second"] == pytest.approx(usable / record["seconds"], rel=0.01)
     assert f"{TRAIN % batch} training examples do not fill a last global batch of {batch}" in out.stderr
     # Epochs of a second or two, far below the default --checkpoint-interval of 30 s: one checkpoint, the final one.
-    assert len(list((tmp_path / "checkpoints" / f"dp-{workers}").glob("checkpoint_*"))) == 1
+    assert len([p for p in (tmp_path / "checkpoints" / f"dp-{workers}").glob("checkpoint_*") if p.is_dir()]) == 1

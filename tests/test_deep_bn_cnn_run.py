@@ -82,8 +82,8 @@ def test_saved_model_reproduces_the_error_with_averaged_batch_norm_statistics(ru
     output, results, _ = run
     reported = results["models"]["deep_bn_cnn"]["test_error"]
     sample = data.mnist_sample()
-    x = data.features(sample.x_test, "deep_bn_cnn")
     keras_model = load_model(output / "deep_bn_cnn" / "model.keras")
+    x = models.features(sample.x_test, keras_model)
     assert models.evaluate(keras_model, x, sample.y_test)[1] == pytest.approx(reported, abs=1e-9)
     serving = tf.saved_model.load(str(output / "deep_bn_cnn" / "saved_model"))
     probs = np.concatenate([serving.serve(tf.constant(x[i : i + 500])).numpy() for i in range(0, len(x), 500)])
