@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup train test test-deps lint bench clean
+.PHONY: setup train test test-fast test-deps lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,12 @@ test-deps:
 
 test: setup test-deps
 	$(PY) -m pytest $(ARGS)
+
+# Everything that needs no training run and no server: config, data, models, ledger, augmentation, chart, kind flow.
+FAST := tests/test_cli.py tests/test_data.py tests/test_models.py tests/test_ledger.py tests/test_augment.py \
+	tests/chart tests/k8s tests/metrics/test_dashboard.py tests/metrics/test_local_prometheus.py
+test-fast: setup
+	$(PY) -m pytest $(FAST) $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check job tests tools bench k8s

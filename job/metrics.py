@@ -95,7 +95,7 @@ class _Pusher:
         try:
             for key, subset in groups:
                 push_to_gateway(self.url, job=JOB, registry=subset, grouping_key=key, timeout=PUSH_TIMEOUT_S)
-        except Exception as err:  # noqa: BLE001 - a failed push must never fail training
+        except Exception as err:  # a failed push must never fail training
             if not self.failures:
                 log.warning(
                     "%s: push to Pushgateway %s failed (%s); training goes on, retrying after each epoch",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import subprocess
 
@@ -47,4 +48,9 @@ def test_submission_without_the_token_is_refused(ray_head) -> None:
     address, env = ray_head
     no_token = {**env, "RAY_AUTH_TOKEN": "wrong-" + secrets.token_hex(8)}
     refused = subprocess.run(["ray", "job", "list", "--address", address], env=no_token, capture_output=True, text=True)
+    accepted = subprocess.run(["ray", "job", "list", "--address", address], env=env, capture_output=True, text=True)
+    assert accepted.returncode == 0, accepted.stderr[-2000:]  # the head is up: the refusal is the token's
     assert refused.returncode != 0
+    assert re.search(r"unauthori[sz]ed|authentication|401|invalid token", refused.stdout + refused.stderr, re.I), (
+        refused.stderr[-2000:]
+    )

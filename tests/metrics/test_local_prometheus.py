@@ -21,4 +21,7 @@ def test_it_scrapes_the_worker_port_range_and_keeps_pushed_labels() -> None:
     jobs = {job["job_name"]: job for job in yaml.safe_load(CONFIG.read_text())["scrape_configs"]}
     assert jobs["mnist-train"]["static_configs"][0]["targets"] == [f"127.0.0.1:{9400 + i}" for i in range(4)]
     assert jobs["pushgateway"]["honor_labels"] is True
-    assert "ray" in jobs
+    ray = jobs["ray"]["file_sd_configs"][0]["files"]
+    # Ray's own discovery file of a `ray start --head` cluster, and the one docs/metrics.md writes for a local run.
+    assert ray == ["/tmp/ray/prom_metrics_service_discovery.json", "/tmp/mnist-train-ray-targets.json"]
+    assert "/tmp/mnist-train-ray-targets.json" in (CONFIG.parents[1] / "docs" / "metrics.md").read_text()
