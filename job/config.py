@@ -94,7 +94,7 @@ class TrainConfig:
     metrics_port: int = 0
     pushgateway: str | None = None
     max_failures: int = 2
-    steps_per_execution: int = 1
+    steps_per_execution: int = 10  # measured: MLP epoch 1.6-1.8 s at 1, 1.25-1.36 s at 10 (2-core CPU)
     start_timeout: float = 120.0
     checkpoint_interval: float = 30.0
     storage_retries: int = 4

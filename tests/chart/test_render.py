@@ -102,6 +102,10 @@ def expected_config(values: dict[str, Any]) -> TrainConfig:
         max_failures=t["maxFailures"],
         steps_per_execution=t["stepsPerExecution"],
         start_timeout=float(t["startTimeout"]),
+        checkpoint_interval=float(t["checkpointInterval"]),
+        storage_retries=t["storageRetries"],
+        mixed_precision=t["mixedPrecision"],
+        jit_compile=t["jitCompile"],
     )
 
 

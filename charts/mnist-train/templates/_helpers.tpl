@@ -99,6 +99,10 @@ line gives back exactly these values (a chart test checks it).
 {{- $args = concat $args (list "--max-failures" (toString (int $t.maxFailures))) }}
 {{- $args = concat $args (list "--steps-per-execution" (toString (int $t.stepsPerExecution))) }}
 {{- $args = concat $args (list "--start-timeout" (toString $t.startTimeout)) }}
+{{- $args = concat $args (list "--checkpoint-interval" (toString $t.checkpointInterval)) }}
+{{- $args = concat $args (list "--storage-retries" (toString (int $t.storageRetries))) }}
+{{- $args = append $args (ternary "--mixed-precision" "--no-mixed-precision" $t.mixedPrecision) }}
+{{- $args = append $args (ternary "--jit-compile" "--no-jit-compile" $t.jitCompile) }}
 {{- $quoted := list }}
 {{- range $args }}
 {{- $quoted = append $quoted (include "mnist-train.shellQuote" .) }}
