@@ -34,7 +34,10 @@ DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RUN = 'namespace=~"$namespace", job=~"$job", run=~"$run"'
 MODEL = RUN + ', model=~"$model"'
 RAY = 'namespace=~"$namespace", ray_train_run_name=~"$run"'
-INFO_LABELS = "run, dataset, workers, gpu, version, python_version, tensorflow_version, tf_keras_version, ray_version"
+INFO_LABELS = (
+    "run, dataset, workers, gpu, device_type, device_name, devices, version, python_version, tensorflow_version, "
+    "tf_keras_version, ray_version"
+)
 
 
 def last(metric: str, selector: str) -> str:
