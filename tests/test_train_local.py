@@ -69,8 +69,8 @@ def test_progress_lines_and_summary_table(sample_run) -> None:
     out = sample_run.process.stdout
     epoch_lines = re.findall(r"(mlp|cnn|large_cnn)\s+epoch\s+(\d)/2 +loss [\d.]+ +acc [\d.]+ .*samples/s$", out, re.M)
     assert sorted(epoch_lines) == sorted((m, e) for m in ("mlp", "cnn", "large_cnn") for e in "12")
-    for name, label in DISPLAY_NAMES.items():
-        percent = sample_run.results["models"][name]["test_error_percent"]
+    for name in ("mlp", "cnn", "large_cnn"):
+        label, percent = DISPLAY_NAMES[name], sample_run.results["models"][name]["test_error_percent"]
         assert out.count(f"{label} error: {percent:.2f}%") == 1  # one owner of the console prints it once
     assert re.search(r"^large_cnn +[\d.]+% +[\d.]+ +59,933 +2 ", out, re.M)
 
