@@ -61,16 +61,21 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
         server.stop()
 
 
-def scrape_until_exit(run: LiveRun, port: int) -> str:
-    """The last /metrics page the chief served that holds an epoch's values (its server stops when training ends)."""
+def scrape_until_exit(run: LiveRun, ports: list[int]) -> str:
+    """The last /metrics page the chief served that holds an epoch's values (its server stops when training ends).
+
+    Polled from the start on every port a worker may take: a resumed run can finish its last epochs before the
+    worker's "serving /metrics" line has travelled through Ray's log forwarding.
+    """
     last = ""
     while run.process.poll() is None:
-        try:
-            page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        except OSError:
-            page = ""
-        last = page if "mnist_train_epoch_loss{" in page else last
-        time.sleep(0.2)
+        for port in ports:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            except OSError:
+                page = ""
+            last = page if "mnist_train_epoch_loss{" in page and 'rank="0"' in page else last
+        time.sleep(0.1)
     assert last, "never scraped an epoch's metrics from the chief"
     return last
 
@@ -78,7 +83,8 @@ def scrape_until_exit(run: LiveRun, port: int) -> str:
 @pytest.fixture(scope="module")
 def resumed(moto: MotoServer) -> dict:
     """Run, kill the driver once epoch 2's checkpoint is in the bucket, run the same command again."""
-    env = {**moto.env(KEY_ID, SECRET), "MNIST_TRAIN_METRICS_PORT": str(free_port())}
+    port = free_port()
+    env = {**moto.env(KEY_ID, SECRET), "MNIST_TRAIN_METRICS_PORT": str(port)}
     first = LiveRun(*command("--epochs", str(EPOCHS)), env=env)
     try:
         first.wait_for(rf"mlp\s+epoch\s+2/{EPOCHS}")
@@ -90,8 +96,7 @@ def resumed(moto: MotoServer) -> dict:
     left = moto.keys(f"{BUCKET}/{RUN}")
     second = LiveRun(*command("--epochs", str(EPOCHS)), env=env)
     try:
-        port = int(second.wait_for(r"rank 0: serving /metrics on :(\d+)")[1])
-        scraped = scrape_until_exit(second, port)
+        scraped = scrape_until_exit(second, [port, port + 1])  # the two workers take the port and the next one
         code = second.finish()
     finally:
         second.stop()
