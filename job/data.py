@@ -69,23 +69,25 @@ class Dataset:
         }
 
 
-def load(dataset: str, data_uri: str | None = None) -> Dataset:
-    """The data set a run asked for; `--data-uri` wins over `--dataset`."""
+def load(dataset: str, data_uri: str | None = None, fallback: bool = True) -> Dataset:
+    """The data set a run asked for; `--data-uri` wins over `--dataset`. Without `fallback`, unreachable MNIST is an
+    error instead of the shipped sample (a cluster run never trains on the sample unless asked)."""
     if data_uri:
         return from_uri(data_uri)
     if dataset == "mnist-sample":
         return mnist_sample()
     if dataset == "fashion_mnist":
         return fashion_mnist()
-    return mnist()
+    return mnist(fallback)
 
 
 def mnist_sample() -> Dataset:
     return from_npz(SAMPLE_PATH.read_bytes(), str(SAMPLE_PATH), name="mnist-sample")
 
 
-def mnist() -> Dataset:
-    """Full MNIST from the Keras cache or Keras' URL (sha256-checked); the shipped sample when neither is reachable."""
+def mnist(fallback: bool = True) -> Dataset:
+    """Full MNIST from the Keras cache or Keras' URL (sha256-checked); the shipped sample when neither is reachable
+    and `fallback` allows it."""
     cached = KERAS_CACHE / "mnist.npz"
     if cached.exists():
         if hashlib.sha256(cached.read_bytes()).hexdigest() != MNIST_SHA256:
@@ -94,6 +96,12 @@ def mnist() -> Dataset:
     try:
         return from_npz(_download(KERAS_URL + "mnist.npz", cached, MNIST_SHA256), str(cached), name="mnist")
     except Exception as err:  # any download failure (no network, proxy, hash) falls back the same way
+        if not fallback:
+            raise DataError(
+                f"full MNIST could not be loaded ({first_line(err)}) and a cluster run never falls back to the "
+                f"5,000-digit sample: pass --data-uri s3://BUCKET/mnist.npz (or gs://, or a path on a mounted volume), "
+                f"put mnist.npz in {KERAS_CACHE} in the image, or pass --dataset mnist-sample to train on the sample"
+            ) from None
         log.warning(
             "\n%s\nWARNING: full MNIST could not be loaded (%s).\nFalling back to the 5,000-digit MNIST sample shipped "
             "with this package (4,000 train / 1,000 test).\nErrors are NOT comparable to the tutorial's; every output "

@@ -27,7 +27,7 @@ def check_inputs(config: TrainConfig) -> Dataset:
     """Everything that can be checked before training, fast; a problem raises ConfigError or DataError."""
     try:
         check_reachable(config.address)
-        dataset = load(config.dataset, config.data_uri)
+        dataset = load(config.dataset, config.data_uri, fallback=not config.address)
         _check_batch(config, dataset)
         artifacts.prepare_output(config)  # last: with --overwrite it deletes the old run, so only once inputs are good
         artifacts.claim_run(config, dataset)

@@ -176,6 +176,10 @@ CASES = [
 
 # Faults and behaviours that need a whole run; each row names the test that shows it.
 FAULTS = [
+    ("`--address` (a cluster run) with `--dataset mnist` and no way to download it", "exit before training: `full "
+     "MNIST could not be loaded (...) and a cluster run never falls back to the 5,000-digit sample: pass --data-uri "
+     "s3://BUCKET/mnist.npz ...`; local runs fall back to the sample with a banner",
+     "tests/test_data.py::test_a_cluster_run_never_falls_back_to_the_sample"),
     ("`--gpu`, and Ray has GPUs that TensorFlow cannot use (no CUDA libraries, no driver)", "exit 1 within "
      "seconds: `run failed: Ray assigned GPU 0 to this worker but TensorFlow sees no GPU: ...; refusing to train on "
      "CPU`", "tests/test_gpu_paths.py::test_gpu_that_tensorflow_cannot_see_fails_fast_with_one_line"),

@@ -36,6 +36,22 @@ def test_mnist_offline_falls_back_to_the_sample_and_says_so(tmp_path) -> None:
     assert "NOT comparable" in out.stderr
 
 
+def test_a_cluster_run_never_falls_back_to_the_sample(tmp_path) -> None:
+    """With --address, unreachable MNIST fails fast with one line that says how to provide it (train.check_inputs)."""
+    code = ("import socket; from job import cli, train; s = socket.create_server(('127.0.0.1', 0)); "
+            "c = cli.parse(['train', '--address', f'127.0.0.1:{{s.getsockname()[1]}}', '--output', {!r}]); "
+            "train.check_inputs(c)").format(str(tmp_path / "out"))  # fmt: skip
+    dead_proxy = "http://127.0.0.1:9"
+    env = {"KERAS_HOME": str(tmp_path), "HOME": str(tmp_path), "https_proxy": dead_proxy, "HTTPS_PROXY": dead_proxy}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("job.data.DataError: full MNIST could not be loaded"), out.stderr[-2000:]
+    assert "a cluster run never falls back to the 5,000-digit sample: pass --data-uri s3://" in last
+    assert "--dataset mnist-sample" in last and "Falling back" not in out.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
 def test_fashion_mnist_from_debian_package() -> None:
     fashion = data.load("fashion_mnist")
     assert (len(fashion.y_train), len(fashion.y_test)) == (60000, 10000)
