@@ -176,12 +176,6 @@ class TrainConfig:
         return replace(self, epochs=recipe.epochs, batch_size=recipe.batch_size)
 
     @property
-    def per_worker_batch(self) -> int:
-        if self.batch_size is None:
-            raise ValueError("per_worker_batch needs a batch size; use config.for_model(name)")
-        return self.batch_size // self.workers
-
-    @property
     def log_path(self) -> str:
         if self.log_file:
             return self.log_file

@@ -72,7 +72,7 @@ def test_each_model_trains_with_its_own_recipe_unless_flags_say_otherwise(monkey
     config = parse(["train", "--models", "mlp,deep_bn_cnn", "--workers", "2"])
     assert (config.for_model("mlp").epochs, config.for_model("mlp").batch_size) == (10, 200)
     assert (config.for_model("deep_bn_cnn").epochs, config.for_model("deep_bn_cnn").batch_size) == (30, 120)
-    assert config.for_model("deep_bn_cnn").per_worker_batch == 60
+    assert config.for_model("deep_bn_cnn").batch_size // config.workers == 60
     explicit = parse(["train", "--models", "mlp,deep_bn_cnn", "--epochs", "4", "--batch-size", "60"])
     assert {(explicit.recipe(n).epochs, explicit.recipe(n).batch_size) for n in explicit.models} == {(4, 60)}
     assert explicit.recipe("deep_bn_cnn").augment and explicit.recipe("deep_bn_cnn").final_lr_ratio < 0.05
