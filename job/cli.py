@@ -175,6 +175,14 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     )
     _add(
         p,
+        "--metrics-linger",
+        float,
+        d["metrics_linger"],
+        "after the run, serve its outcome on --metrics-port until one scrape has read it, at most this many seconds "
+        "(for Prometheus without a Pushgateway); 0 = off",
+    )
+    _add(
+        p,
         "--pushgateway",
         _optional,
         d["pushgateway"],
@@ -274,7 +282,7 @@ def _train(config: TrainConfig) -> int:
         status = "succeeded"
         tests = {name: (m["test_loss"], m["test_error"]) for name, m in results["models"].items()}
     finally:
-        metrics.push_run_end(config, status=status, test_results=tests, started_at=started, finished_at=time.time())
+        metrics.publish_run_end(config, status, tests, started_at=started, finished_at=time.time())
         log.close()
     return 0
 

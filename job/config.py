@@ -92,6 +92,7 @@ class TrainConfig:
     address: str | None = None
     overwrite: bool = False
     metrics_port: int = 0
+    metrics_linger: float = 0.0
     pushgateway: str | None = None
     max_failures: int = 2
     steps_per_execution: int = 10  # measured: MLP epoch 1.6-1.8 s at 1, 1.25-1.36 s at 10 (2-core CPU)
@@ -141,6 +142,7 @@ class TrainConfig:
             )
         _check_range("--seed", self.seed, 0, 2**31 - 1)
         _check_range("--metrics-port", self.metrics_port, 0, 65535, " (0 turns the /metrics server off)")
+        _check_range("--metrics-linger", self.metrics_linger, 0, 3600, " (0 = off)")
         if self.pushgateway is not None and not re.match(r"^https?://[^/\s]+", self.pushgateway):
             raise ConfigError(f"--pushgateway {self.pushgateway!r} is not an http(s) URL; write it as http://host:9091")
         _check_range("--max-failures", self.max_failures, -1, 1000, " (-1 retries forever)")

@@ -1,14 +1,16 @@
 """Prometheus metrics of a training run: per-epoch records, a /metrics server per worker, Pushgateway pushes.
 
 Two routes, both optional: every worker serves /metrics while it trains (`--metrics-port`), and every worker pushes its
-series to a Pushgateway after each epoch (`--pushgateway`); the driver pushes the run's outcome at the end. A metric
-problem never fails training. The design (why per-epoch gauges carry an `epoch` label) is in docs/metrics.md.
+series to a Pushgateway after each epoch (`--pushgateway`). The driver publishes the run's outcome at the end: pushed,
+and with `--metrics-linger` served until scraped (scrape-only setups). A metric problem never fails training. The
+design (why per-epoch gauges carry an `epoch` label) is in docs/metrics.md.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from http.server import HTTPServer
@@ -235,21 +237,58 @@ def _run_registry(
     return registry
 
 
-def push_run_end(
+def publish_run_end(
     config: TrainConfig,
     status: str,
     test_results: Mapping[str, tuple[float, float]],
     started_at: float,
     finished_at: float,
 ) -> bool:
-    """Driver: push the run's outcome (status, timestamps, test results) once; no-op without --pushgateway.
+    """Driver: publish the run's outcome (status, timestamps, test results) once, through each route configured.
 
-    A failed push logs one warning and returns False; it never raises.
+    With --pushgateway it is pushed; with --metrics-linger it is also served on --metrics-port until one scrape has
+    read it (so a scrape-only Prometheus always gets it), for at most that many seconds. A failed push logs one
+    warning and returns False; nothing here raises for a metrics problem.
     """
-    if config.pushgateway is None:
-        return True
     if status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
     registry = _run_registry(config, status, test_results, started_at, finished_at)
-    keys = [{"run": config.run_name}] + [{"run": config.run_name, "model": m} for m in test_results]
-    return _Pusher(config.pushgateway, "driver").push(_group(registry, key) for key in keys)
+    pushed = True
+    if config.pushgateway is not None:
+        keys = [{"run": config.run_name}] + [{"run": config.run_name, "model": m} for m in test_results]
+        pushed = _Pusher(config.pushgateway, "driver").push(_group(registry, key) for key in keys)
+    if config.metrics_linger > 0 and config.metrics_port > 0:
+        _serve_until_scraped(registry, config.metrics_port, config.metrics_linger)
+    return pushed
+
+
+class _ScrapeWatch:
+    """Serves a registry and notes when a scrape has read it whole."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry, self.scraped = registry, threading.Event()
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._registry.collect()
+        self.scraped.set()
+
+
+def _serve_until_scraped(registry: CollectorRegistry, port: int, linger: float) -> None:
+    watch = _ScrapeWatch(registry)
+    served = CollectorRegistry(auto_describe=False)
+    served.register(watch)
+    server, bound = _serve(served, port, "driver")
+    if server is None:
+        return
+    print(
+        f"serving the run's outcome on :{bound}/metrics until Prometheus scrapes it (at most {linger:g} s)", flush=True
+    )
+    started = time.monotonic()
+    try:
+        if watch.scraped.wait(linger):
+            print(f"outcome scraped after {time.monotonic() - started:.1f} s", flush=True)
+        else:
+            log.warning("the run's outcome was not scraped in %g s; is Prometheus scraping port %d?", linger, bound)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -232,7 +232,7 @@ def test_outage_logs_one_warning_per_outage_and_recovers(
 def test_driver_pushes_the_run_outcome(tmp_path: Path, pushgateway: Server) -> None:
     config = make_config(tmp_path, pushgateway=pushgateway.url)
     results = {"mlp": (0.07, 0.021), "cnn": (0.03, 0.0101)}
-    assert metrics.push_run_end(config, "succeeded", results, started_at=1000.0, finished_at=1090.5)
+    assert metrics.publish_run_end(config, "succeeded", results, started_at=1000.0, finished_at=1090.5)
     text = gateway_text(pushgateway)
     run = {"job": "mnist-train", "run": RUN}
     assert value(text, "mnist_train_run_status", **run, status="succeeded") == 1
@@ -247,7 +247,7 @@ def test_driver_pushes_the_run_outcome(tmp_path: Path, pushgateway: Server) -> N
 
 def test_a_failed_run_pushes_failed_and_no_success_time(tmp_path: Path, pushgateway: Server) -> None:
     config = make_config(tmp_path, pushgateway=pushgateway.url)
-    assert metrics.push_run_end(config, "failed", {}, started_at=1000.0, finished_at=1001.0)
+    assert metrics.publish_run_end(config, "failed", {}, started_at=1000.0, finished_at=1001.0)
     text = gateway_text(pushgateway)
     assert value(text, "mnist_train_run_status", status="failed") == 1
     assert value(text, "mnist_train_run_status", status="succeeded") == 0
@@ -258,9 +258,9 @@ def test_driver_push_to_a_dead_gateway_warns_once_and_does_not_raise(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = make_config(tmp_path, pushgateway=f"http://127.0.0.1:{free_port()}")
-    assert metrics.push_run_end(config, "succeeded", {"mlp": (0.1, 0.02)}, 1.0, 2.0) is False
+    assert metrics.publish_run_end(config, "succeeded", {"mlp": (0.1, 0.02)}, 1.0, 2.0) is False
     assert len(push_warnings(caplog)) == 1 and push_warnings(caplog)[0].startswith("driver: ")
-    assert metrics.push_run_end(make_config(tmp_path), "succeeded", {}, 1.0, 2.0) is True  # no --pushgateway: no-op
+    assert metrics.publish_run_end(make_config(tmp_path), "succeeded", {}, 1.0, 2.0) is True  # no --pushgateway: no-op
 
 
 def loss_panel_query() -> str:
@@ -288,3 +288,35 @@ def test_epochs_shorter_than_the_scrape_interval_all_reach_prometheus(
     by_epoch = {int(r["metric"]["epoch"]): float(r["value"][1]) for r in result}
     assert by_epoch == {e: pytest.approx(1.0 / e) for e in range(1, 11)}
     assert {r["metric"]["series"] for r in result} == {"mlp train"}
+
+
+def test_without_a_pushgateway_the_outcome_is_served_until_prometheus_scrapes_it(
+    tmp_path: Path, prometheus_factory, capsys: pytest.CaptureFixture
+) -> None:
+    port = free_port()
+    config = make_config(tmp_path, metrics_port=port, metrics_linger=60)
+    prometheus = prometheus_factory([{"job_name": "head", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}])
+    started = time.monotonic()
+    assert metrics.publish_run_end(config, "succeeded", {"mlp": (0.07, 0.021)}, started_at=1000.0, finished_at=1090.5)
+    assert time.monotonic() - started < 30, "it lingered although Prometheus scrapes every second"
+    assert "outcome scraped after" in capsys.readouterr().out
+    assert not port_is_open(port), "the outcome server must stop once scraped"
+    status = prometheus.wait_for(f'mnist_train_run_status{{run="{RUN}",status="succeeded"}}', lambda r: len(r) == 1)
+    assert status[0]["value"][1] == "1"
+    error = prometheus.query(f'mnist_train_test_error_ratio{{run="{RUN}",model="mlp"}}')
+    assert [float(e["value"][1]) for e in error] == [0.021]
+
+
+def test_an_unscraped_outcome_lingers_only_as_long_as_asked(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    config = make_config(tmp_path, metrics_port=port, metrics_linger=1.5)
+    started = time.monotonic()
+    metrics.publish_run_end(config, "failed", {}, started_at=1.0, finished_at=2.0)
+    assert 1.4 < time.monotonic() - started < 5
+    assert any(f"not scraped in 1.5 s; is Prometheus scraping port {port}" in r.getMessage() for r in caplog.records)
+    assert not port_is_open(port)
+
+
+def port_is_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
