@@ -1,8 +1,8 @@
 """Generate the Grafana dashboard of a training run: `python -m job.dashboard [--output FILE]`.
 
-The JSON in charts/mnist-train/dashboards/training.json is this module's output; a test keeps the two equal. Per-epoch
-panels use Grafana's "trend" visualization (x axis = any numeric field): an instant query returns the epoch-labelled
-gauges as a table, and transformations pivot it to one row per epoch and one column per series.
+The JSON in charts/mnist-train-dashboard/dashboards/training.json is this module's output; a test keeps the two equal.
+Per-epoch panels use Grafana's "trend" visualization (x axis = any numeric field): an instant query returns the
+epoch-labelled gauges as a table, and transformations pivot it to one row per epoch and one column per series.
 """
 
 from __future__ import annotations

@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
+import helm_python
 import kubernetes_validate
 import yaml
+from helm_python import _native
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "mnist-train"
+DASHBOARD_CHART = REPO / "charts" / "mnist-train-dashboard"
 CRDS = REPO.parent / "shared" / "crds"
 K8S_VERSION = "1.30.0"
 RELEASE = "demo"
 NAMESPACE = "ml"
-# Another engineer generates the dashboard; until it lands, the tests' copy of the chart gets a stand-in.
-PLACEHOLDER_DASHBOARD = {
-    "title": "mnist-train (test stand-in)",
-    "uid": "mnist-train",
-    "panels": [],
-    "schemaVersion": 39,
-}
-
+# What a cluster with the prometheus-operator CRDs reports in .Capabilities.APIVersions.
+OPERATOR_APIS = ("monitoring.coreos.com/v1/PodMonitor",)
 Manifest = dict[str, Any]
 
 
@@ -81,3 +79,21 @@ def merged(overrides: dict[str, Any]) -> dict[str, Any]:
         return base
 
     return merge(copy.deepcopy(values), overrides)
+
+
+def render_chart(
+    chart: helm_python.Chart, values: dict[str, Any], api_versions: tuple[str, ...] = OPERATOR_APIS, **options: Any
+) -> dict[str, str]:
+    """Chart.render with .Capabilities.APIVersions set, as `helm install` on a cluster serving those APIs would.
+
+    helm-python-sdk 0.2.2's Chart.render does not expose the engine's api_versions option; its native call does.
+    """
+    options = {
+        "name": RELEASE,
+        "namespace": NAMESPACE,
+        "is_install": True,
+        **options,
+        "api_versions": list(api_versions),
+    }
+    chart.validate_schema(values)
+    return json.loads(_native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(options)))

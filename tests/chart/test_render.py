@@ -13,12 +13,23 @@ from typing import Any
 import helm_python
 import pytest
 import yaml
-from chartlib import CHART, NAMESPACE, RELEASE, REPO, Manifest, merged, schema_errors
+from chartlib import (
+    DASHBOARD_CHART,
+    NAMESPACE,
+    RELEASE,
+    REPO,
+    Manifest,
+    merged,
+    parse_manifests,
+    render_chart,
+    schema_errors,
+)
 
 from job.cli import parse
 from job.config import TrainConfig
 
 ODD_OUTPUT = "s3://my-bucket/runs;$HOME/it's"
+DIGEST = "sha256:" + "0123456789abcdef" * 4
 CASES: dict[str, dict[str, Any]] = {
     "default-gpu": {},
     "gpu-example": yaml.safe_load((REPO / "k8s" / "values-gpu.yaml").read_text()),
@@ -26,7 +37,28 @@ CASES: dict[str, dict[str, Any]] = {
     "best-model": yaml.safe_load((REPO / "k8s" / "values-best-model.yaml").read_text()),
     "pushgateway": {"metrics": {"pushgatewayUrl": "http://pushgateway.monitoring:9091"}},
     "podmonitor": {"metrics": {"podMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}}},
-    "dashboard-off": {"grafanaDashboard": {"enabled": False}},
+    "production": {
+        "image": {"repository": "registry.example.com/ml/mnist-train", "digest": DIGEST},
+        "rayJob": {"suspend": True},
+        "scheduling": {
+            "kueueQueue": "team-a",
+            "batchScheduler": "volcano",
+            "labels": {"volcano.sh/queue-name": "training"},
+            "priorityClassName": "batch-high",
+        },
+        "pods": {
+            "labels": {"team": "ml"},
+            "annotations": {"example.com/cost-center": "42"},
+            "runtimeClassName": "nvidia",
+            "extraVolumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "mnist-data", "readOnly": True}}],
+            "extraVolumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True}],
+        },
+        "head": {"nodeSelector": {"pool": "system"}, "tolerations": [{"key": "system", "operator": "Exists"}]},
+        "storage": {"gcsCredentialsSecret": "gcs-key"},
+        "train": {"outputBase": "gs://ml-bucket/runs", "dataUri": "gs://ml-bucket/mnist.npz"},
+        "networkPolicy": {"enabled": True},
+        "metrics": {"podMonitor": {"enabled": True}},
+    },
     "existing-secret": {
         "storage": {"existingSecret": "s3-creds", "endpointUrl": "http://minio.storage:9000", "region": "eu-west-1"}
     },
@@ -49,6 +81,7 @@ CASES: dict[str, dict[str, Any]] = {
             "maxFailures": -1,
             "stepsPerExecution": 20,
             "startTimeout": 90.5,
+            "metricsLinger": 0,
         },
         "rayJob": {"shutdownAfterJobFinishes": False, "ttlSecondsAfterFinished": 0, "backoffLimit": 3},
     },
@@ -98,6 +131,7 @@ def expected_config(values: dict[str, Any]) -> TrainConfig:
         address="auto",  # the driver joins the RayJob's cluster
         overwrite=t["overwrite"],
         metrics_port=t["metricsPort"],
+        metrics_linger=float(t["metricsLinger"]),
         pushgateway=values["metrics"]["pushgatewayUrl"] or None,
         max_failures=t["maxFailures"],
         steps_per_execution=t["stepsPerExecution"],
@@ -171,8 +205,9 @@ def test_every_object_has_the_standard_labels(case: str, rendered) -> None:
 
 def test_rayjob_lifecycle_and_cluster_shape(rendered) -> None:
     spec = the(rendered["default-gpu"], "RayJob")["spec"]
-    assert (spec["shutdownAfterJobFinishes"], spec["ttlSecondsAfterFinished"], spec["backoffLimit"]) == (True, 600, 0)
-    assert "activeDeadlineSeconds" not in spec
+    assert (spec["shutdownAfterJobFinishes"], spec["ttlSecondsAfterFinished"], spec["backoffLimit"]) == (True, 600, 1)
+    assert (spec["activeDeadlineSeconds"], spec["preRunningDeadlineSeconds"]) == (21600, 1800), "deadlines are finite"
+    assert spec["suspend"] is False
     cluster = spec["rayClusterSpec"]
     assert cluster["authOptions"] == {"mode": "token"}
     assert cluster["rayVersion"] == "2.60.0"
@@ -181,8 +216,10 @@ def test_rayjob_lifecycle_and_cluster_shape(rendered) -> None:
     assert head["serviceType"] == "ClusterIP"
     (group,) = cluster["workerGroupSpecs"]
     assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 2
-    env = yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
-    assert env["TF_USE_LEGACY_KERAS"] == "1"
+    assert "runtimeEnvYAML" not in spec, "the image and the pods' env carry everything; no runtime env by default"
+    for name, pod in ray_pods(the(rendered["default-gpu"], "RayJob")).items():
+        if name != "submitter":
+            assert {"name": "TF_USE_LEGACY_KERAS", "value": "1"} in pod["spec"]["containers"][0]["env"], name
     kind_spec = the(rendered["cpu-kind"], "RayJob")["spec"]
     assert (kind_spec["activeDeadlineSeconds"], kind_spec["ttlSecondsAfterFinished"]) == (1800, 60)
     every = the(rendered["every-flag"], "RayJob")["spec"]
@@ -268,12 +305,103 @@ def test_podmonitor_scrapes_both_ports_of_the_ray_pods(rendered) -> None:
             assert ports == {"metrics": 8080, "train-metrics": 9400}
 
 
-def test_dashboard_configmap_carries_the_generated_json(rendered, chart_dir: Path) -> None:
-    assert by_kind(rendered["dashboard-off"], "ConfigMap") == []
-    configmap = the(rendered["default-gpu"], "ConfigMap")
+def test_production_values_reach_the_objects(rendered) -> None:
+    objects = rendered["production"]
+    rayjob = the(objects, "RayJob")
+    labels = rayjob["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert (labels["ray.io/scheduler-name"], labels["volcano.sh/queue-name"]) == ("volcano", "training")
+    assert rayjob["spec"]["suspend"] is True
+    image = f"registry.example.com/ml/mnist-train@{DIGEST}"
+    gcs_env = {"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/run/secrets/mnist-train/gcs/key.json"}
+    for name, template in {**ray_pods(rayjob), "test": the(objects, "Pod")}.items():
+        spec = template["spec"]
+        assert template["metadata"]["labels"]["team"] == "ml", name
+        assert spec["priorityClassName"] == "batch-high", name
+        assert spec["containers"][0]["image"] == image, name
+        if name in ("head", "worker"):
+            assert template["metadata"]["annotations"] == {"example.com/cost-center": "42"}
+            assert spec["runtimeClassName"] == "nvidia"
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "mnist-data"
+            assert volumes["gcs-credentials"]["secret"]["secretName"] == "gcs-key"
+            mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+            assert mounts == {
+                "dshm": "/dev/shm",
+                "gcs-credentials": "/var/run/secrets/mnist-train/gcs",
+                "data": "/data",
+            }
+        if name != "submitter":
+            assert gcs_env in spec["containers"][0]["env"], name
+    head = ray_pods(rayjob)["head"]["spec"]
+    assert head["nodeSelector"] == {"pool": "system"} and head["tolerations"] == [
+        {"key": "system", "operator": "Exists"}
+    ]
+
+
+def test_podmonitor_is_selected_by_kube_prometheus_stack_by_default(render) -> None:
+    monitor = the(render({"metrics": {"podMonitor": {"enabled": True}}}), "PodMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_podmonitor_without_the_operator_crds_fails_the_install_clearly(chart: helm_python.Chart) -> None:
+    values = {"metrics": {"podMonitor": {"enabled": True}}}
+    with pytest.raises(
+        helm_python.HelmError, match=r"needs the prometheus-operator CRDs .* set metrics.podMonitor.enabled=false"
+    ):
+        render_chart(chart, values, api_versions=())
+    assert not by_kind(parse_manifests(render_chart(chart, {}, api_versions=())), "PodMonitor")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_object_store_fits_its_shm_volume(case: str, rendered) -> None:
+    cluster = the(rendered[case], "RayJob")["spec"]["rayClusterSpec"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        (shm,) = [v for v in group["template"]["spec"]["volumes"] if v["name"] == "dshm"]
+        size = shm["emptyDir"]["sizeLimit"]
+        shm_bytes = int(size[:-2]) * {"Mi": 2**20, "Gi": 2**30}[size[-2:]]
+        store = int(group["rayStartParams"]["object-store-memory"])
+        assert 0.5 * shm_bytes < store <= 0.7 * shm_bytes, (size, store)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_only_gpu_workers_see_the_nodes_gpus(case: str, rendered) -> None:
+    gpu = merged(CASES[case])["gpu"]["enabled"]
+    for name, spec in pod_specs(rendered[case]).items():
+        env = spec["containers"][0].get("env", [])
+        hidden = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"} in env
+        assert hidden == (not (gpu and name == "worker")), name
+
+
+def test_network_policy_admits_the_release_prometheus_and_the_operator(rendered) -> None:
+    assert by_kind(rendered["default-gpu"], "NetworkPolicy") == []
+    policy = the(rendered["production"], "NetworkPolicy")["spec"]
+    selector = {"app.kubernetes.io/name": "mnist-train", "app.kubernetes.io/instance": RELEASE}
+    assert policy["podSelector"] == {"matchLabels": selector} and policy["policyTypes"] == ["Ingress"]
+    own, prometheus, operator = policy["ingress"]
+    assert own == {"from": [{"podSelector": {"matchLabels": selector}}]}
+    assert prometheus["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    assert [port["port"] for port in prometheus["ports"]] == [8080, 9400]
+    assert operator["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}}}
+    ]
+    assert operator["ports"] == [{"port": 8265, "protocol": "TCP"}]
+
+
+def test_the_dashboard_is_its_own_chart_installed_once() -> None:
+    with helm_python.Chart.load(DASHBOARD_CHART) as chart:
+        objects = parse_manifests(chart.render({}, name="mnist-train-dashboard", namespace="monitoring"))
+    (configmap,) = objects
+    assert configmap["metadata"]["name"] == "mnist-train-dashboard"
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
-    on_disk = json.loads((chart_dir / "dashboards" / "training.json").read_text())
+    on_disk = json.loads((DASHBOARD_CHART / "dashboards" / "training.json").read_text())
     assert json.loads(configmap["data"]["mnist-train.json"]) == on_disk
+    assert any(v["name"] == "run" for v in on_disk["templating"]["list"]), "one dashboard serves every run"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_run_release_ships_no_dashboard(case: str, rendered) -> None:
+    assert by_kind(rendered[case], "ConfigMap") == [], "a per-release dashboard would be deleted with any run"
 
 
 def test_helm_test_pod_checks_results_json(rendered) -> None:
@@ -322,6 +450,7 @@ def test_notes_tell_how_to_watch_and_where_results_land(chart: helm_python.Chart
             {"train": {"metricsPort": 8080}, "metrics": {"podMonitor": {"enabled": True}}},
             "collides with Ray's own metrics port",
         ),
+        ({"head": {"shmSize": "128Mi"}}, "head.shmSize 128Mi leaves Ray's object store under its 128Mi minimum"),
     ],
 )
 def test_cross_field_mistakes_fail_the_render(render, values: dict[str, Any], message: str) -> None:
@@ -329,8 +458,10 @@ def test_cross_field_mistakes_fail_the_render(render, values: dict[str, Any], me
         render(values)
 
 
-def test_default_values_file_is_what_the_tests_merge() -> None:
-    assert merged({})["train"]["workers"] == yaml.safe_load((CHART / "values.yaml").read_text())["train"]["workers"]
+@pytest.mark.parametrize("case", CASES)
+def test_the_tests_merge_values_the_way_helm_does(case: str, chart: helm_python.Chart) -> None:
+    """expected_config reads merged(): it must equal Helm's own coalescing of the chart defaults and the case."""
+    assert merged(CASES[case]) == chart.merge_values(CASES[case])
 
 
 def test_crd_validation_catches_real_mistakes(rendered, crd_validators) -> None:

@@ -12,7 +12,7 @@ from promlib import binary
 from job import dashboard, metrics
 
 REPO = Path(__file__).resolve().parents[2]
-IN_CHART = REPO / "charts" / "mnist-train" / "dashboards" / "training.json"
+IN_CHART = REPO / "charts" / "mnist-train-dashboard" / "dashboards" / "training.json"
 FILLED = {"$namespace": ".*", "$job": ".*", "$run": "some-run", "$model": "(mlp|cnn)", "$__range": "1h"}
 
 

@@ -49,11 +49,27 @@ app.kubernetes.io/part-of: mnist-train
 {{- printf "%s/%s" (trimSuffix "/" .Values.train.outputBase) (include "mnist-train.runName" .) }}
 {{- end }}
 
-{{/* Image reference; the default tag follows the GPU switch. */}}
+{{/* Image reference: <repository>@<digest> when pinned by digest, else a tag that follows the GPU switch. */}}
 {{- define "mnist-train.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- $flavor := ternary "gpu" "cpu" .Values.gpu.enabled }}
 {{- $tag := default (printf "%s-%s" .Chart.AppVersion $flavor) .Values.image.tag }}
 {{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* The Ray version of the image (Chart.yaml annotation ray.io/version): the RayCluster's rayVersion. */}}
+{{- define "mnist-train.rayVersion" -}}
+{{- index .Chart.Annotations "ray.io/version" }}
+{{- end }}
+
+{{/* Ray's object store in bytes for a /dev/shm size such as 512Mi or 2Gi: 70% of it. */}}
+{{- define "mnist-train.objectStoreBytes" -}}
+{{- $number := regexFind "^[0-9]+" . }}
+{{- $unit := ternary 1073741824 1048576 (hasSuffix "Gi" .) }}
+{{- div (mul (int64 $number) $unit 7) 10 }}
 {{- end }}
 
 {{/*
@@ -67,8 +83,16 @@ Checks that span several values, which values.schema.json cannot express. Each f
 {{- if and (not .Values.rayJob.shutdownAfterJobFinishes) .Values.rayJob.ttlSecondsAfterFinished }}
 {{- fail "rayJob.ttlSecondsAfterFinished needs rayJob.shutdownAfterJobFinishes: true (there is no cluster to delete otherwise); set it to 0" }}
 {{- end }}
-{{- if and .Values.metrics.podMonitor.enabled (eq (int $t.metricsPort) 8080) }}
-{{- fail "train.metricsPort 8080 collides with Ray's own metrics port; pick another, e.g. 9400" }}
+{{- if eq (int $t.metricsPort) (int .Values.metrics.rayPort) }}
+{{- fail (printf "train.metricsPort %d collides with Ray's own metrics port (metrics.rayPort); pick another, e.g. 9400" (int $t.metricsPort)) }}
+{{- end }}
+{{- range $group := list "head" "worker" }}
+{{- if lt (int64 (include "mnist-train.objectStoreBytes" (index $.Values $group).shmSize)) 134217728 }}
+{{- fail (printf "%s.shmSize %s leaves Ray's object store under its 128Mi minimum; use at least 192Mi" $group (index $.Values $group).shmSize) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.metrics.podMonitor.enabled (not (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PodMonitor")) }}
+{{- fail "metrics.podMonitor.enabled needs the prometheus-operator CRDs (monitoring.coreos.com/v1 PodMonitor), which this cluster lacks: install kube-prometheus-stack or set metrics.podMonitor.enabled=false (with helm template, pass --api-versions monitoring.coreos.com/v1/PodMonitor)" }}
 {{- end }}
 {{- end }}
 
@@ -92,7 +116,7 @@ line gives back exactly these values (a chart test checks it).
 {{- /* The driver runs on the head: join that cluster, never start a private local Ray. */}}
 {{- $args = concat $args (list "--address" "auto") }}
 {{- $args = append $args (ternary "--overwrite" "--no-overwrite" $t.overwrite) }}
-{{- $args = concat $args (list "--metrics-port" (toString (int $t.metricsPort))) }}
+{{- $args = concat $args (list "--metrics-port" (toString (int $t.metricsPort)) "--metrics-linger" (toString $t.metricsLinger)) }}
 {{- if .Values.metrics.pushgatewayUrl }}
 {{- $args = concat $args (list "--pushgateway" .Values.metrics.pushgatewayUrl) }}
 {{- end }}
@@ -119,13 +143,24 @@ line gives back exactly these values (a chart test checks it).
 {{- end }}
 {{- end }}
 
-{{/* Environment shared by the Ray containers and the test pod: Keras 2 (tf-keras) and object-storage access. */}}
+{{/*
+Environment of the head, the workers and the test pod: Keras 2 (tf-keras), object-storage access, and no GPUs for a
+pod that trains on none (called with dict "root" $ "gpu" <bool>).
+*/}}
 {{- define "mnist-train.env" -}}
+{{- $root := .root -}}
 - name: TF_USE_LEGACY_KERAS
   value: "1"
 - name: PYTHONUNBUFFERED
   value: "1"
-{{- with .Values.storage }}
+{{- if not .gpu }}
+{{ include "mnist-train.noGpuEnv" $root }}
+{{- end }}
+{{- with $root.Values.storage }}
+{{- if .gcsCredentialsSecret }}
+- name: GOOGLE_APPLICATION_CREDENTIALS
+  value: {{ printf "/var/run/secrets/mnist-train/gcs/%s" .gcsCredentialsKey | quote }}
+{{- end }}
 {{- if .existingSecret }}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
@@ -146,6 +181,68 @@ line gives back exactly these values (a chart test checks it).
 - name: AWS_REGION
   value: {{ .region | quote }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* On a GPU node whose default runtime is NVIDIA's, a pod sees every GPU unless told otherwise. */}}
+{{- define "mnist-train.noGpuEnv" -}}
+- name: NVIDIA_VISIBLE_DEVICES
+  value: void
+{{- end }}
+
+{{/* Volumes of the head and workers: /dev/shm of the given size, the GCS key, the user's extra volumes. */}}
+{{- define "mnist-train.volumes" -}}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .shmSize }}
+{{- with .root.Values.storage.gcsCredentialsSecret }}
+- name: gcs-credentials
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- with .root.Values.pods.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "mnist-train.volumeMounts" -}}
+- {name: dshm, mountPath: /dev/shm}
+{{- if .Values.storage.gcsCredentialsSecret }}
+- {name: gcs-credentials, mountPath: /var/run/secrets/mnist-train/gcs, readOnly: true}
+{{- end }}
+{{- with .Values.pods.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* A pod template's metadata: the release's selector labels, its component, the user's pod labels and annotations. */}}
+{{- define "mnist-train.podMetadata" -}}
+labels:
+  {{- include "mnist-train.selectorLabels" .root | nindent 2 }}
+  app.kubernetes.io/component: {{ .component }}
+  {{- with .root.Values.pods.labels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with .root.Values.pods.annotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Where a pod may run (called with a dict of nodeSelector, tolerations, affinity). */}}
+{{- define "mnist-train.placement" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
 
@@ -186,4 +283,14 @@ imagePullSecrets:
 {{- end }}
 securityContext:
   {{- include "mnist-train.podSecurityContext" . | nindent 2 }}
+{{- with .Values.scheduling.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* Pod spec fields of the Ray pods only (head and workers). */}}
+{{- define "mnist-train.rayPod" -}}
+{{- with .Values.pods.runtimeClassName }}
+runtimeClassName: {{ . }}
+{{- end }}
 {{- end }}
