@@ -13,6 +13,7 @@ tutorial); peak memory from a second pass where a thread sums VmRSS and Pss over
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -24,6 +25,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {
@@ -146,62 +149,46 @@ class Result:
     peak_processes: int = 0
     test_error_percent: float | None = None
     cpu_s: float = 0.0  # CPU seconds used by the run's process tree (last utime+stime seen of every process)
-    others_cores: float = 0.0  # mean cores busy with anything else meanwhile (/proc/stat busy minus cpu_s): noise
+    others_cores: float = 0.0  # mean cores busy with anything else meanwhile (machine busy time minus cpu_s): noise
     machine_cores: float = 0.0  # mean cores busy on the whole machine during the run, the run included
     returncode: int = 0
     epoch_seconds: list[float] = field(default_factory=list)
     errors: dict[str, float] = field(default_factory=dict)
 
 
-def _tree(root: int) -> list[int]:
-    """root and all its descendants, from the ppid field of /proc/*/stat."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def _kb(path: str, key: str) -> int:
+def _tree(root: int) -> list[psutil.Process]:
     try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+        process = psutil.Process(root)
+        return [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 class TreeSampler(threading.Thread):
-    """Peak summed VmRSS / Pss of a process tree, sampled every SAMPLE_S seconds until stop()."""
+    """Peak summed RSS / PSS of a process tree, sampled every SAMPLE_S seconds until stop()."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.pid, self.rss_kb, self.pss_kb, self.processes = pid, 0, 0, 0
         self.peak: dict[str, int] = {}  # "pid command" -> Pss MB at the peak
-        self.ticks: dict[int, int] = {}  # pid -> utime + stime, clock ticks
+        self.cpu: dict[int, float] = {}  # pid -> user + system CPU seconds
         self._done = threading.Event()
 
     def run(self) -> None:
         while not self._done.is_set():
-            pids = _tree(self.pid)
-            for pid in pids:
-                self.ticks[pid] = max(self.ticks.get(pid, 0), _cpu_ticks(pid))
-            self.rss_kb = max(self.rss_kb, sum(_kb(f"/proc/{p}/status", "VmRSS:") for p in pids))
-            pss = {p: _kb(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids}
+            rss, pss, commands = {}, {}, {}
+            for process in _tree(self.pid):
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                    with process.oneshot():
+                        times, memory = process.cpu_times(), process.memory_full_info()
+                        commands[process.pid] = " ".join(process.cmdline())[:80]
+                    self.cpu[process.pid] = max(self.cpu.get(process.pid, 0.0), times.user + times.system)
+                    rss[process.pid], pss[process.pid] = memory.rss // 1024, memory.pss // 1024
+            self.rss_kb = max(self.rss_kb, sum(rss.values()))
             if sum(pss.values()) > self.pss_kb:
-                self.pss_kb, self.peak = sum(pss.values()), {f"{p} {_comm(p)}": kb // 1024 for p, kb in pss.items()}
-            self.processes = max(self.processes, len(pids))
+                self.pss_kb = sum(pss.values())
+                self.peak = {f"{pid} {commands[pid]}": kb // 1024 for pid, kb in pss.items()}
+            self.processes = max(self.processes, len(pss))
             self._done.wait(SAMPLE_S)
 
     def stop(self) -> None:
@@ -209,25 +196,10 @@ class TreeSampler(threading.Thread):
         self.join()
 
 
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:80]
-    except OSError:
-        return "?"
-
-
-def _cpu_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])  # utime, stime
-
-
 def busy_cpu_s() -> float:
-    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
-    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+    """CPU seconds the whole machine has been busy (all cores)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def wait_quiet(max_cores: float, timeout_s: float = 600) -> None:
@@ -270,7 +242,7 @@ def run_one(name: str, workers: int, epochs: int, workdir: Path, data: str, samp
     env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", RAY_TMPDIR=ray_tmp)
     result = Result(name, workers)
     print(f"== {name} ({'memory' if sample else 'timing'} pass)", flush=True)
-    start, busy0, ticks, benches = time.time(), busy_cpu_s(), 0, []
+    start, busy0, cpu_s, benches = time.time(), busy_cpu_s(), 0.0, []
     with open(out / "log.txt", "w") as log:
         for cmd in commands(name, workers, epochs, out, data):
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -285,14 +257,14 @@ def run_one(name: str, workers: int, epochs: int, workdir: Path, data: str, samp
             exited = time.time()
             if sampler:
                 sampler.stop()
-                ticks += sum(sampler.ticks.values())
+                cpu_s += sum(sampler.cpu.values())
                 if sampler.pss_kb / 1024 > result.peak_pss_mb:
                     (out / "peak_pss_mb.json").write_text(json.dumps(sampler.peak, indent=1))
                 result.peak_rss_mb = max(result.peak_rss_mb, sampler.rss_kb / 1024)
                 result.peak_pss_mb = max(result.peak_pss_mb, sampler.pss_kb / 1024)
                 result.peak_processes = max(result.peak_processes, sampler.processes)
     result.wall_s = time.time() - start
-    result.cpu_s = ticks / os.sysconf("SC_CLK_TCK")
+    result.cpu_s = cpu_s
     result.machine_cores = (busy_cpu_s() - busy0) / result.wall_s
     if sample:  # the sampler knows the run's own CPU time, so the rest is other work on the machine
         result.others_cores = max(0.0, result.machine_cores - result.cpu_s / result.wall_s)
@@ -402,7 +374,7 @@ def machine() -> dict[str, str]:
         "cpu": cpu,
         "git": git.stdout.strip(),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "rss_source": "/proc/<pid>/status VmRSS + smaps_rollup Pss",
+        "rss_source": "psutil memory_full_info: rss and pss",
     }
 
 
@@ -441,7 +413,7 @@ def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     results = {name: merged(found[False].get(name), found[True].get(name)) for name in runs}
     print(
-        "\nPSS: peak of the sum over the process tree, from the sampled pass (/proc every 0.2 s). Ratios (xN) are "
+        "\nPSS: peak of the sum over the process tree, from the sampled pass (psutil every 0.2 s). Ratios (xN) are "
         "against the tutorial (make-train: against the tutorial's three scripts back to back).\n"
         "machine cores: mean busy cores during the timing pass, the run included (2 = the whole box); "
         "others' cores: other work during the memory pass. Above 0.2 others' cores the figures are noisy.\n"

@@ -13,43 +13,36 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
+
+import psutil
 
 from support import ROOT, free_port
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
 def cmdline(pid: int) -> str:
     try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return ""
 
 
 def descendants(pid: int) -> list[int]:
-    tree, found, todo = _children(), [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def alive(pid: int) -> bool:
     try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return state != "Z"
+
+
+def epochs_printed(text: str, epochs: int, model: str = "mlp") -> list[int]:
+    """The epoch numbers of the per-epoch lines a run printed for `model` (out of `epochs`)."""
+    return [int(n) for n in re.findall(rf"{model}\s+epoch\s+(\d+)/{epochs}\b", text)]
 
 
 class LiveRun:
@@ -75,18 +68,21 @@ class LiveRun:
     def output(self) -> str:
         return "\n".join(self.lines)
 
-    def wait_for(self, pattern: str, timeout: float = 300) -> re.Match:
+    def matching(self, pattern: str) -> list[str]:
+        return [line for line in list(self.lines) if re.search(pattern, line)]
+
+    def wait_for(self, pattern: str, timeout: float = 300, count: int = 1) -> re.Match:
+        """The `count`-th match of `pattern` in the output, waited for as lines come."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.seen.update(descendants(self.process.pid))
-            for line in list(self.lines):
-                if match := re.search(pattern, line):
-                    return match
+            if len(found := self.matching(pattern)) >= count:
+                return re.search(pattern, found[count - 1])
             assert self.process.poll() is None or self._reader.is_alive(), (
-                f"run ended before {pattern!r}:\n{self.tail()}"
+                f"run ended before {count}x {pattern!r}:\n{self.tail()}"
             )
             time.sleep(0.2)
-        raise TimeoutError(f"no line matched {pattern!r} in {timeout}s:\n{self.tail()}")
+        raise TimeoutError(f"not {count}x {pattern!r} in {timeout}s:\n{self.tail()}")
 
     def train_workers(self) -> list[int]:
         return [pid for pid in descendants(self.process.pid) if cmdline(pid).startswith("ray::RayTrainWorker")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import socket
 import subprocess
@@ -27,3 +28,14 @@ def run_job(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
         env={**os.environ, **(env or {})},
         cwd=ROOT,
     )
+
+
+def write_idx_folder(folder: Path, dataset) -> None:
+    """The four MNIST IDX .gz files of `dataset` (a job.data.Dataset) in `folder`, as yann.lecun.com serves them."""
+    from job import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, filename in data.IDX_FILES.items():
+        array = getattr(dataset, split)
+        header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+        (folder / filename).write_bytes(gzip.compress(header + array.astype("uint8").tobytes()))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from live_run import MotoServer
 
-from support import ROOT, free_port
+from support import ROOT, free_port, write_idx_folder
 
 DOC = ROOT / "docs" / "errors.md"
 
@@ -50,11 +50,7 @@ def _idx_folder(broken: bytes) -> Callable[[Path], str]:
     def write(folder: Path) -> str:
         from job import data
 
-        sample = data.mnist_sample()
-        for split, name in data.IDX_FILES.items():
-            array = getattr(sample, split)
-            header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-            (folder / name).write_bytes(gzip.compress(header + array.tobytes()))
+        write_idx_folder(folder, data.mnist_sample())
         (folder / data.IDX_FILES["x_train"]).write_bytes(broken)
         return str(folder)
 

@@ -1,6 +1,5 @@
 """Data loading and checking (npz, IDX, built-in sets) and the per-epoch sharding across workers."""
 
-import gzip
 import io
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import pytest
 
 from job import data
 
-ROOT = data.SAMPLE_PATH.parent.parent.parent
+from support import ROOT, write_idx_folder
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +55,6 @@ def test_fashion_mnist_from_debian_package() -> None:
     fashion = data.load("fashion_mnist")
     assert (len(fashion.y_train), len(fashion.y_test)) == (60000, 10000)
     assert fashion.name == "fashion_mnist" and fashion.x_train.shape == (60000, 28, 28)
-
-
-def _idx(array: np.ndarray) -> bytes:
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    return gzip.compress(header + array.astype(np.uint8).tobytes())
-
-
-def write_idx_folder(folder, dataset: data.Dataset) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, filename in data.IDX_FILES.items():
-        (folder / filename).write_bytes(_idx(getattr(dataset, split)))
 
 
 def test_npz_and_idx_folder_give_the_same_data(tmp_path, sample: data.Dataset) -> None:

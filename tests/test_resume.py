@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from live_run import SNAPSHOT, LiveRun, wait_registered
+from live_run import SNAPSHOT, LiveRun, epochs_printed, wait_registered
 
 EPOCHS = 4
 EPOCH_LINE = r"RayTrainWorker pid=(\d+)\)\S*\s+mlp\s+epoch\s+{}/" + str(EPOCHS)
@@ -30,10 +30,6 @@ class KilledRun:
     printed_at_kill: list[int]
     busy_port: int
     kill_to_end_s: float
-
-
-def epochs_printed(text: str) -> list[int]:
-    return [int(n) for n in re.findall(rf"mlp\s+epoch\s+(\d+)/{EPOCHS}", text)]
 
 
 @pytest.fixture(scope="module", params=["non-chief", "chief"])
@@ -53,7 +49,7 @@ def killed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         wait_registered((output / "checkpoints" / f"kill-{request.param}" / SNAPSHOT).read_bytes, 2)
         victim = chief if request.param == "chief" else next(pid for pid in run.train_workers() if pid != chief)
         os.kill(victim, signal.SIGKILL)
-        killed_at, printed = time.monotonic(), epochs_printed(run.output)
+        killed_at, printed = time.monotonic(), epochs_printed(run.output, EPOCHS)
         code = run.finish()
         return KilledRun(run, code, output, victim, chief, printed, port, time.monotonic() - killed_at)
     finally:
@@ -66,11 +62,11 @@ def test_run_survives_a_killed_worker_and_resumes_from_its_checkpoint(killed: Ki
     resumed = re.search(r"resuming from checkpoint: finished none, mlp at epoch (\d)", killed.run.output)
     assert resumed, killed.run.tail()
     at = int(resumed[1])
-    printed = epochs_printed(killed.run.output)
+    printed = epochs_printed(killed.run.output, EPOCHS)
     # Epochs up to the checkpoint are never trained again. Epochs after it may have been printed before the kill (Ray
     # had not yet collected their checkpoint); after the resume exactly the rest is trained, once.
     assert at >= 2
-    assert epochs_printed(killed.run.output[resumed.end() :]) == list(range(at + 1, EPOCHS + 1))
+    assert epochs_printed(killed.run.output[resumed.end() :], EPOCHS) == list(range(at + 1, EPOCHS + 1))
     assert all(printed.count(epoch) == 1 for epoch in range(1, at + 1))
     assert sorted(set(printed)) == list(range(1, EPOCHS + 1))
     who = "chief" if killed.victim == killed.chief else "non-chief"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from live_run import SNAPSHOT, CuttableProxy, LiveRun, MotoServer, wait_registered
+from live_run import SNAPSHOT, CuttableProxy, LiveRun, MotoServer, epochs_printed, wait_registered
 
 from job import data
 
@@ -38,10 +38,6 @@ RUN_LOG: list[Path] = []  # the runs' log file (their --output is remote), set b
 def command(*extra: str) -> list[str]:
     return ["--data-uri", DATA, "--models", "mlp", "--workers", "2", "--output", OUTPUT, "--run-name", RUN,
             "--checkpoint-interval", "0", "--log-file", str(RUN_LOG[0]), *extra]  # fmt: skip
-
-
-def epochs_printed(text: str, epochs: int) -> list[int]:
-    return [int(n) for n in re.findall(rf"mlp\s+epoch\s+(\d+)/{epochs}\b", text)]
 
 
 @pytest.fixture(scope="module")

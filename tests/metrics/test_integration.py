@@ -11,8 +11,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -21,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from live_run import LiveRun
 from promlib import Prometheus, Server, free_port_range, http_get, start_prometheus, start_pushgateway
 
 from job import dashboard
@@ -30,57 +29,14 @@ MODELS = ("mlp", "cnn")
 RUN_TIMEOUT_S = 600
 
 
-class Training:
-    """`python -m job train ...` as a subprocess; its output lines are collected as they come."""
+def ray_metrics_port(ray_tmp: str) -> int | None:
+    """Ray's own Prometheus port for a run's private local Ray (found in its session folder)."""
+    found = glob.glob(os.path.join(ray_tmp, "ray", "session_latest", "metrics_export_port_*"))
+    return int(Path(found[0]).read_text().strip()) if found else None
 
-    def __init__(self, args: list[str], ray_tmp: str) -> None:
-        env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
-        self.ray_tmp = ray_tmp
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "job", "train", *args], cwd=REPO, env=env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for_line(self, pattern: str, count: int = 1, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.matching(pattern)) < count:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"no {count}x {pattern!r} in the output:\n" + "\n".join(self.lines[-40:]))
-            time.sleep(0.1)
-
-    def matching(self, pattern: str) -> list[str]:
-        return [line for line in list(self.lines) if re.search(pattern, line)]
-
-    def wait(self) -> int:
-        try:
-            code = self.process.wait(timeout=RUN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            raise
-        self._reader.join(timeout=10)
-        return code
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def ray_metrics_port(self) -> int | None:
-        """Ray's own Prometheus port for this run's private local Ray (found in its session folder)."""
-        found = glob.glob(os.path.join(self.ray_tmp, "ray", "session_latest", "metrics_export_port_*"))
-        return int(Path(found[0]).read_text().strip()) if found else None
+def start_training(args: list[str], ray_tmp: str) -> LiveRun:
+    return LiveRun(*args, env={"RAY_TMPDIR": ray_tmp, "RAY_DEDUP_LOGS": "0"})
 
 
 def train_args(output: Path, run_name: str, epochs: int, metrics_port: int, pushgateway: str) -> list[str]:
@@ -89,10 +45,10 @@ def train_args(output: Path, run_name: str, epochs: int, metrics_port: int, push
             "--pushgateway", pushgateway]  # fmt: skip
 
 
-def feed_ray_targets(training: Training, sd_file: Path) -> None:
+def feed_ray_targets(training: LiveRun, ray_tmp: str, sd_file: Path) -> None:
     """File-based service discovery for Ray's metrics port, like Ray's prom_metrics_service_discovery.json."""
     while training.process.poll() is None:
-        port = training.ray_metrics_port()
+        port = ray_metrics_port(ray_tmp)
         if port is not None:
             tmp = sd_file.with_suffix(".tmp")
             tmp.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": {"source": "ray"}}]))
@@ -140,9 +96,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     name, training = f"it-{os.getpid()}", None
     try:
         started = time.time()
-        training = Training(train_args(tmp / "out", name, 2, base_port, gateway.url), ray_tmp)
-        threading.Thread(target=feed_ray_targets, args=(training, sd_file), daemon=True).start()
-        code = training.wait()
+        training = start_training(train_args(tmp / "out", name, 2, base_port, gateway.url), ray_tmp)
+        threading.Thread(target=feed_ray_targets, args=(training, ray_tmp, sd_file), daemon=True).start()
+        code = training.finish(timeout=RUN_TIMEOUT_S)
         results_file = tmp / "out" / "results.json"
         results = json.loads(results_file.read_text()) if results_file.exists() else {}
         if code == 0:  # the driver's last push reaches Prometheus one scrape later
@@ -266,16 +222,16 @@ def gateway_has(gateway: Server, text: str) -> bool:
 def test_a_pushgateway_outage_mid_run_costs_one_warning_per_worker_and_nothing_else(tmp_path: Path) -> None:
     gateway = start_pushgateway(tmp_path)
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    training = Training(train_args(tmp_path / "out", f"outage-{os.getpid()}", 3, 0, gateway.url), ray_tmp)
+    training = start_training(train_args(tmp_path / "out", f"outage-{os.getpid()}", 3, 0, gateway.url), ray_tmp)
     try:
         deadline = time.monotonic() + 300
         while not gateway_has(gateway, 'mnist_train_epochs_completed{instance="",job="mnist-train",model="mlp"'):
             assert training.process.poll() is None and time.monotonic() < deadline, "\n".join(training.lines[-40:])
             time.sleep(0.2)
         gateway.stop()  # after the first pushed epoch
-        training.wait_for_line(r"rank \d: push to Pushgateway .* failed", count=2)
+        training.wait_for(r"rank \d: push to Pushgateway .* failed", count=2)
         gateway.start()
-        code = training.wait()
+        code = training.finish(timeout=RUN_TIMEOUT_S)
         after = http_get(gateway.url + "/metrics").decode()  # what the restarted gateway received
     finally:
         training.stop()
