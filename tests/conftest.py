@@ -1,47 +1,63 @@
-"""Shared fixtures: a real 2-worker training run, and a real S3 endpoint (moto server) on loopback."""
+"""Shared fixtures: a real 2-worker training run with real metrics servers, and a real S3 endpoint on loopback."""
 
 from __future__ import annotations
 
-import json
-import subprocess
+import shutil
 import sys
+import tempfile
+import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: let tests import support.py
 
-from live_run import MotoServer  # noqa: E402
-
-from support import run_job  # noqa: E402
-
-
-@dataclass
-class Run:
-    output: Path
-    process: subprocess.CompletedProcess
-    tmpdir: Path  # the run's TMPDIR, which must be empty after it
-
-    @property
-    def results(self) -> dict:
-        return json.loads((self.output / "results.json").read_text())
+from live_run import FinishedRun, LiveRun, MotoServer  # noqa: E402
+from promlib import (  # noqa: E402
+    feed_ray,
+    free_port_range,
+    scrape_configs,
+    start_prometheus,
+    start_pushgateway,
+)
 
 
 @pytest.fixture(scope="session")
-def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """One real local run shared by the tests that only read its outputs: 2 workers, every model, 2 epochs."""
-    output = tmp_path_factory.mktemp("sample-run") / "out"
+def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun]:
+    """One real local run for every test that reads a finished run: 2 workers, every model, 2 epochs, its /metrics
+    scraped by a real Prometheus and pushed to a real Pushgateway (the metrics suite reads the same run)."""
+    tmp = tmp_path_factory.mktemp("sample-run")
     tmpdir = tmp_path_factory.mktemp("sample-run-tmp")
-    # Ray keeps its session logs under RAY_TMPDIR (its own, on purpose); everything else must leave TMPDIR empty.
-    env = {"TMPDIR": str(tmpdir), "RAY_TMPDIR": str(tmp_path_factory.mktemp("ray-tmp"))}
-    process = run_job(
-        "train", "--dataset", "mnist-sample", "--epochs", "2", "--workers", "2", "--output", str(output),
-        "--run-name", "sample-run", env=env,
-    )  # fmt: skip
-    assert process.returncode == 0, process.stderr[-3000:]
-    return Run(output, process, tmpdir)
+    # Ray keeps its session logs under RAY_TMPDIR (its own, on purpose; short: Ray's socket paths must stay under 107
+    # bytes); everything else must leave TMPDIR empty.
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    gateway = start_pushgateway(tmp)
+    base_port, sd_file = free_port_range(4), tmp / "ray-targets.json"
+    sd_file.write_text("[]")
+    prometheus = start_prometheus(tmp, scrape_configs(base_port, gateway.url.removeprefix("http://"), sd_file))
+    run = None
+    try:
+        started = time.time()
+        run = LiveRun("--dataset", "mnist-sample", "--epochs", "2", "--workers", "2", "--output", str(tmp / "out"),
+                      "--run-name", "sample-run", "--metrics-port", str(base_port), "--pushgateway", gateway.url,
+                      env={"TMPDIR": str(tmpdir), "RAY_TMPDIR": ray_tmp, "RAY_DEDUP_LOGS": "0"})  # fmt: skip
+        threading.Thread(
+            target=feed_ray, args=(lambda: run.process.poll() is None, ray_tmp, sd_file), daemon=True
+        ).start()
+        code = run.finish()
+        assert code == 0, run.tail()
+        prometheus.wait_for('mnist_train_run_status{run="sample-run"}', bool)  # the driver's push, one scrape later
+        yield FinishedRun(
+            "sample-run", tmp / "out", code, run.lines, tmpdir, prometheus, base_port, started, time.time()
+        )
+    finally:
+        if run is not None:
+            run.stop()
+        prometheus.stop()
+        gateway.stop()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -13,7 +14,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
+import promlib
 import psutil
 
 from support import ROOT, free_port
@@ -118,6 +122,36 @@ class LiveRun:
     @property
     def seconds(self) -> float:
         return time.monotonic() - self.started
+
+
+@dataclass
+class FinishedRun:
+    """A finished run, with the Prometheus that scraped it and the Pushgateway it pushed to."""
+
+    name: str
+    output: Path
+    code: int
+    lines: list[str]
+    tmpdir: Path  # the run's TMPDIR, which must be empty after it
+    prometheus: promlib.Prometheus
+    base_port: int
+    started: float
+    finished: float
+
+    @property
+    def results(self) -> dict:
+        return json.loads((self.output / "results.json").read_text())
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def at_end(self, expr: str) -> list[dict]:
+        return self.prometheus.query(expr, at=self.finished)
+
+    @property
+    def range(self) -> str:
+        return f"{math.ceil(self.finished - self.started) + 60}s"
 
 
 class CuttableProxy:

@@ -1,4 +1,5 @@
-"""A real local run: 2 Ray workers, the shipped MNIST digits, every model, 2 epochs (the `sample_run` fixture)."""
+"""A real local run: 2 Ray workers, the shipped MNIST digits, every model, 2 epochs, metrics on (the `sample_run`
+fixture, which the metrics suite reads too)."""
 
 import csv
 import re
@@ -66,7 +67,7 @@ def test_history_csv_and_curves(sample_run) -> None:
 
 
 def test_progress_lines_and_summary_table(sample_run) -> None:
-    out = sample_run.process.stdout
+    out = sample_run.text
     epoch_lines = re.findall(r"(mlp|cnn|large_cnn)\s+epoch\s+(\d)/2 +loss [\d.]+ +acc [\d.]+ .*samples/s$", out, re.M)
     assert sorted(epoch_lines) == sorted((m, e) for m in ("mlp", "cnn", "large_cnn") for e in "12")
     for name in ("mlp", "cnn", "large_cnn"):
@@ -110,12 +111,13 @@ JOB_LINES = [
     r"\w+ +[\d.]+% +[\d.]+ +[\d,]+ +\d+ +[\d.]+ +[\d.]+",
     r"data \S+ \(\d+ train / \d+ test\), \d+ (CPU|GPU) workers, wall [\d.]+s",
     r"results: \S+",
+    r"INFO: rank \d+: (serving /metrics on :\d+|port \d+ is in use, took the next free one)",
     r"",
 ]
 
 
 def test_the_console_shows_only_the_jobs_own_lines_and_the_log_file_has_the_rest(sample_run) -> None:
-    lines = (sample_run.process.stdout + sample_run.process.stderr).splitlines()
+    lines = sample_run.lines
     foreign = [line for line in lines if not any(re.fullmatch(p, line) for p in JOB_LINES)]
     assert not foreign, foreign
     log = (sample_run.output / "run.log").read_text()

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make promlib importable for the tests
-
-from promlib import Prometheus, Server, start_prometheus, start_pushgateway  # noqa: E402
+from promlib import Prometheus, Server, start_prometheus, start_pushgateway
 
 
 @pytest.fixture

@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import promlib
 from promlib import binary
 
 from job import dashboard, metrics
 
 REPO = Path(__file__).resolve().parents[2]
 IN_CHART = REPO / "charts" / "mnist-train-dashboard" / "dashboards" / "training.json"
-FILLED = {"$namespace": ".*", "$job": ".*", "$run": "some-run", "$model": "(mlp|cnn)", "$__range": "1h"}
 
 
 def panels() -> list[dict]:
@@ -21,10 +21,7 @@ def panels() -> list[dict]:
 
 
 def fill(expr: str) -> str:
-    for name, value in FILLED.items():
-        expr = expr.replace(name, value)
-    assert "$" not in expr, expr
-    return expr
+    return promlib.fill(expr, run="some-run", model="(mlp|cnn)")
 
 
 def test_the_json_in_the_chart_is_what_the_generator_writes() -> None:

@@ -1,115 +1,40 @@
 """A real 2-worker Ray Train run (mnist-sample) watched by a real Prometheus and Pushgateway on loopback.
 
-One shared run answers most questions (module fixture, about a minute); a second run checks a Pushgateway outage.
+The session's shared run (`sample_run`, tests/conftest.py) answers most questions; a second run checks a Pushgateway
+outage.
 """
 
 from __future__ import annotations
 
-import glob
 import json
-import math
 import os
 import re
 import shutil
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+import promlib
 import pytest
+from live_run import FinishedRun as Run
 from live_run import LiveRun
-from promlib import Prometheus, Server, free_port_range, http_get, start_prometheus, start_pushgateway
+from promlib import Server, http_get, start_pushgateway
 
 from job import dashboard
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "large_cnn")  # the shared run trains every model
+OUTAGE_MODELS = ("mlp", "cnn")  # long enough for the outage to span epochs
 RUN_TIMEOUT_S = 600
-
-
-def ray_metrics_port(ray_tmp: str) -> int | None:
-    """Ray's own Prometheus port for a run's private local Ray (found in its session folder)."""
-    found = glob.glob(os.path.join(ray_tmp, "ray", "session_latest", "metrics_export_port_*"))
-    return int(Path(found[0]).read_text().strip()) if found else None
 
 
 def start_training(args: list[str], ray_tmp: str) -> LiveRun:
     return LiveRun(*args, env={"RAY_TMPDIR": ray_tmp, "RAY_DEDUP_LOGS": "0"})
 
 
-def train_args(output: Path, run_name: str, epochs: int, metrics_port: int, pushgateway: str) -> list[str]:
-    return ["--dataset", "mnist-sample", "--epochs", str(epochs), "--workers", "2", "--models", ",".join(MODELS),
-            "--output", str(output), "--run-name", run_name, "--metrics-port", str(metrics_port),
-            "--pushgateway", pushgateway]  # fmt: skip
-
-
-def feed_ray_targets(training: LiveRun, ray_tmp: str, sd_file: Path) -> None:
-    """File-based service discovery for Ray's metrics port, like Ray's prom_metrics_service_discovery.json."""
-    while training.process.poll() is None:
-        port = ray_metrics_port(ray_tmp)
-        if port is not None:
-            tmp = sd_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": {"source": "ray"}}]))
-            tmp.replace(sd_file)
-            return
-        time.sleep(0.2)
-
-
-@dataclass
-class Run:
-    name: str
-    code: int
-    lines: list[str]
-    results: dict
-    prometheus: Prometheus
-    base_port: int
-    started: float
-    finished: float
-
-    def at_end(self, expr: str) -> list[dict]:
-        return self.prometheus.query(expr, at=self.finished)
-
-    @property
-    def range(self) -> str:
-        return f"{math.ceil(self.finished - self.started) + 60}s"
-
-
-def scrape_configs(base_port: int, gateway: str, sd_file: Path) -> list[dict]:
-    workers = [f"127.0.0.1:{base_port + i}" for i in range(4)]
-    return [
-        {"job_name": "mnist-train", "static_configs": [{"targets": workers}]},
-        {"job_name": "pushgateway", "honor_labels": True, "static_configs": [{"targets": [gateway]}]},
-        {"job_name": "ray", "file_sd_configs": [{"files": [str(sd_file)], "refresh_interval": "1s"}]},
-    ]
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    tmp = tmp_path_factory.mktemp("integration")
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
-    gateway = start_pushgateway(tmp)
-    base_port, sd_file = free_port_range(4), tmp / "ray-targets.json"
-    sd_file.write_text("[]")
-    prometheus = start_prometheus(tmp, scrape_configs(base_port, gateway.url.removeprefix("http://"), sd_file))
-    name, training = f"it-{os.getpid()}", None
-    try:
-        started = time.time()
-        training = start_training(train_args(tmp / "out", name, 2, base_port, gateway.url), ray_tmp)
-        threading.Thread(target=feed_ray_targets, args=(training, ray_tmp, sd_file), daemon=True).start()
-        code = training.finish(timeout=RUN_TIMEOUT_S)
-        results_file = tmp / "out" / "results.json"
-        results = json.loads(results_file.read_text()) if results_file.exists() else {}
-        if code == 0:  # the driver's last push reaches Prometheus one scrape later
-            prometheus.wait_for(f'mnist_train_run_status{{run="{name}"}}', bool)
-        yield Run(name, code, training.lines, results, prometheus, base_port, started, time.time())
-    finally:
-        if training is not None:
-            training.stop()
-        prometheus.stop()
-        gateway.stop()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+def run(sample_run: Run) -> Run:
+    return sample_run
 
 
 def test_the_run_succeeds_and_each_worker_logs_its_metrics_port(run: Run) -> None:
@@ -134,12 +59,7 @@ def panel_expr(title: str) -> str:
 
 
 def fill(expr: str, run: Run) -> str:
-    values = {"$namespace": ".*", "$job": "mnist-train", "$run": run.name, "$model": "(" + "|".join(MODELS) + ")",
-              "$__range": run.range}  # fmt: skip
-    for name, value in values.items():
-        expr = expr.replace(name, value)
-    assert "$" not in expr, expr
-    return expr
+    return promlib.fill(expr, job="mnist-train", run=run.name, model="(" + "|".join(MODELS) + ")", __range=run.range)
 
 
 def per_epoch(run: Run, title: str) -> dict[tuple[str, str, int], float]:
@@ -222,7 +142,23 @@ def gateway_has(gateway: Server, text: str) -> bool:
 def test_a_pushgateway_outage_mid_run_costs_one_warning_per_worker_and_nothing_else(tmp_path: Path) -> None:
     gateway = start_pushgateway(tmp_path)
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    training = start_training(train_args(tmp_path / "out", f"outage-{os.getpid()}", 3, 0, gateway.url), ray_tmp)
+    args = [
+        "--dataset",
+        "mnist-sample",
+        "--epochs",
+        "3",
+        "--workers",
+        "2",
+        "--models",
+        ",".join(OUTAGE_MODELS),
+        "--output",
+        str(tmp_path / "out"),
+        "--run-name",
+        f"outage-{os.getpid()}",
+        "--pushgateway",
+        gateway.url,
+    ]
+    training = start_training(args, ray_tmp)
     try:
         deadline = time.monotonic() + 300
         while not gateway_has(gateway, 'mnist_train_epochs_completed{instance="",job="mnist-train",model="mlp"'):
@@ -239,7 +175,7 @@ def test_a_pushgateway_outage_mid_run_costs_one_warning_per_worker_and_nothing_e
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert code == 0, "\n".join(training.lines[-40:])
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    for model in MODELS:
+    for model in OUTAGE_MODELS:
         assert [h["epoch"] for h in results["models"][model]["history"]] == [1, 2, 3]
         assert 0 <= results["models"][model]["test_error"] <= 1
     for rank in (0, 1):
@@ -247,5 +183,5 @@ def test_a_pushgateway_outage_mid_run_costs_one_warning_per_worker_and_nothing_e
         assert len(training.matching(rf"rank {rank}: pushes to Pushgateway .* recovered")) == 1
     assert training.matching(r"driver: push to Pushgateway") == []
     assert re.search(r'mnist_train_run_status\{[^}]*status="succeeded"\} 1', after)
-    for model in MODELS:
+    for model in OUTAGE_MODELS:
         assert re.search(rf'mnist_train_test_error_ratio\{{[^}}]*model="{model}",rank="0"[^}}]*\}} ', after)

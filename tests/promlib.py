@@ -1,8 +1,10 @@
-"""Helpers for the metrics tests: real Prometheus and Pushgateway processes on loopback, on free ports."""
+"""Real Prometheus and Pushgateway processes on loopback, on free ports, and how a test points them at a run."""
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -137,3 +139,40 @@ class Prometheus(Server):
                 return result
             time.sleep(0.25)
         raise AssertionError(f"{expr!r} did not reach the expected state in {timeout:.0f}s; last result: {result}")
+
+
+def scrape_configs(base_port: int, gateway: str, sd_file: Path) -> list[dict[str, Any]]:
+    """The job's ports base_port..+3 (job mnist-train), the Pushgateway, and Ray's own port (file SD, see feed_ray)."""
+    workers = [f"127.0.0.1:{base_port + i}" for i in range(4)]
+    return [
+        {"job_name": "mnist-train", "static_configs": [{"targets": workers}]},
+        {"job_name": "pushgateway", "honor_labels": True, "static_configs": [{"targets": [gateway]}]},
+        {"job_name": "ray", "file_sd_configs": [{"files": [str(sd_file)], "refresh_interval": "1s"}]},
+    ]
+
+
+def ray_metrics_port(ray_tmp: str) -> int | None:
+    """Ray's own Prometheus port for a run's private local Ray (found in its session folder)."""
+    found = glob.glob(os.path.join(ray_tmp, "ray", "session_latest", "metrics_export_port_*"))
+    return int(Path(found[0]).read_text().strip()) if found else None
+
+
+def feed_ray(running: Callable[[], bool], ray_tmp: str, sd_file: Path) -> None:
+    """File-based service discovery for Ray's metrics port, like Ray's prom_metrics_service_discovery.json."""
+    while running():
+        port = ray_metrics_port(ray_tmp)
+        if port is not None:
+            tmp = sd_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": {"source": "ray"}}]))
+            tmp.replace(sd_file)
+            return
+        time.sleep(0.2)
+
+
+def fill(expr: str, **values: str) -> str:
+    """A dashboard query with its Grafana variables replaced (catch-alls unless given)."""
+    defaults = {"namespace": ".*", "job": ".*", "run": ".*", "model": ".*", "__range": "1h"}
+    for name, value in {**defaults, **values}.items():
+        expr = expr.replace(f"${name}", value)
+    assert "$" not in expr, expr
+    return expr
