@@ -44,13 +44,15 @@ def test_manifests_follow_the_namespace_and_image_given(e2e: ModuleType) -> None
 
 
 def test_store_secret_and_urls_match_the_kind_values(e2e: ModuleType) -> None:
-    objects = e2e.render_manifests()
+    """The values name the store and the Pushgateway by bare Service name, so they hold in any --namespace."""
+    objects = e2e.render_manifests(namespace="elsewhere")
     storage = KIND_VALUES["storage"]
     secret = by_name(objects, "Secret", storage["existingSecret"])
+    assert storage["existingSecret"] == e2e.S3_SECRET
     assert sorted(secret["data"]) == sorted(["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
     for url, service in ((storage["endpointUrl"], "s3"), (KIND_VALUES["metrics"]["pushgatewayUrl"], "pushgateway")):
         parsed = urlparse(url)
-        assert parsed.hostname == f"{service}.{e2e.NAMESPACE}.svc.cluster.local"
+        assert parsed.hostname == service
         ports = [p["port"] for p in by_name(objects, "Service", service)["spec"]["ports"]]
         assert parsed.port in ports
     image = KIND_VALUES["image"]
