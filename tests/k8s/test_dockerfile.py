@@ -1,4 +1,4 @@
-"""The Dockerfile installs the package exactly the way CI does, on the pinned Ray image, as the non-root user."""
+"""The Dockerfile installs the package exactly the way CI does, on the pinned Ray CPU image, as the non-root user."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import os
 import re
 import stat
 import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -42,10 +44,83 @@ def ignored(path: str, patterns: list[str]) -> bool:
     )
 
 
-def test_base_image_is_the_pinned_ray_version() -> None:
+def test_base_image_is_the_pinned_ray_cpu_image_for_both_flavours(e2e: ModuleType) -> None:
+    """One CUDA stack: the GPU image gets TensorFlow's pip CUDA wheels on Ray's CPU image, not on Ray's -gpu one."""
     (base,) = [a for a in args_of("ARG") if a.startswith("BASE_IMAGE=")]
-    assert base == f"BASE_IMAGE=rayproject/ray:{pinned('ray')}-py311-gpu"
+    assert base == f"BASE_IMAGE=rayproject/ray:{pinned('ray')}-py311"
+    assert base.removeprefix("BASE_IMAGE=") == e2e.CPU_BASE_IMAGE == e2e.base_image("x86_64")
     assert args_of("FROM") == ["${BASE_IMAGE}"]
+    assert not any("-gpu" in value for _, value in instructions(REPO / "Dockerfile"))
+    assert re.search(r'^gpu = \["tensorflow\[and-cuda\]==', (REPO / "pyproject.toml").read_text(), re.M)
+
+
+def fake_bin(directory: Path, **scripts: str) -> str:
+    """Executables `name` running the shell `body`, on a PATH in front of the system's."""
+    directory.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        tool = directory / name
+        tool.write_text(f"#!/bin/sh\n{body}\n")
+        tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    return f"{directory}:{os.environ['PATH']}"
+
+
+@pytest.mark.parametrize(
+    ("target", "machine", "ok"),
+    [
+        ("", "x86_64", True),  # the legacy builder sets no TARGETARCH
+        ("amd64", "x86_64", True),
+        ("arm64", "aarch64", True),
+        ("arm64", "x86_64", False),  # the x86-64 base on an arm64 host, run under emulation
+        ("amd64", "aarch64", False),
+    ],
+)
+def test_build_stops_when_the_base_image_is_for_another_architecture(
+    tmp_path: Path, target: str, machine: str, ok: bool
+) -> None:
+    assert "TARGETARCH" in args_of("ARG")
+    (check,) = [run for run in args_of("RUN") if "TARGETARCH" in run]
+    env = {"PATH": fake_bin(tmp_path, uname=f"echo {machine}"), "TARGETARCH": target}
+    done = subprocess.run(["sh", "-c", check], env=env, capture_output=True, text=True)
+    assert (done.returncode == 0) is ok, done.stderr
+    if not ok:
+        assert f"BASE_IMAGE is {machine} but the target is {target}" in done.stderr
+        assert "--build-arg BASE_IMAGE=rayproject/ray:" in done.stderr and "-aarch64" in done.stderr
+
+
+def cuda_build_check() -> str:
+    (install,) = [run for run in args_of("RUN") if "install.sh" in run]
+    match = re.search(r'if \[ "\$\{EXTRAS\}" = gpu \]; then\s+python -c \'[^\']*is_cuda_build[^\']*\';\s+fi', install)
+    assert match, "the GPU image's build no longer checks tf.sysconfig.get_build_info()['is_cuda_build']"
+    return match[0]
+
+
+def test_gpu_build_checks_the_cuda_wheels_and_the_cuda_build() -> None:
+    (install,) = [run for run in args_of("RUN") if "install.sh" in run]
+    assert "grep -q '^nvidia-'" in install
+    cuda_build_check()
+
+
+def test_cuda_build_check_passes_the_real_tensorflow(tmp_path: Path) -> None:
+    """The pinned TensorFlow wheel (here, without a GPU) reports a CUDA build: the check needs no device."""
+    path = fake_bin(tmp_path / "bin", python=f'exec {sys.executable} "$@"')
+    done = subprocess.run(["sh", "-c", cuda_build_check()], env={**os.environ, "PATH": path, "EXTRAS": "gpu"},
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("extras", "fails"), [("gpu", True), ("", False)])
+def test_cuda_build_check_stops_a_gpu_image_without_cuda(tmp_path: Path, extras: str, fails: bool) -> None:
+    fake_tf = tmp_path / "site" / "tensorflow"
+    fake_tf.mkdir(parents=True)
+    (fake_tf / "__init__.py").write_text(
+        "class sysconfig:\n    get_build_info = staticmethod(lambda: {'is_cuda_build': False})\n"
+    )
+    env = {"PATH": fake_bin(tmp_path / "bin", python=f'exec {sys.executable} "$@"'), "EXTRAS": extras,
+           "PYTHONPATH": str(tmp_path / "site")}  # fmt: skip
+    done = subprocess.run(["sh", "-c", cuda_build_check()], env=env, capture_output=True, text=True)
+    assert (done.returncode != 0) is fails
+    if fails:
+        assert "EXTRAS=gpu: this TensorFlow is not a CUDA build" in done.stderr
 
 
 def test_install_step_is_the_one_ci_runs() -> None:

@@ -1,9 +1,20 @@
-"""The parts of the kind flow that need no cluster: manifests, status interpretation, waiting, preconditions."""
+"""The kind flow without a cluster: manifests, names, status interpretation, waiting, preconditions, and whole
+`up`/`run`/`all` runs against fake docker/kind/helm/kubectl executables and a loopback stand-in for the API server."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from urllib.parse import parse_qs, urlparse
@@ -44,13 +55,15 @@ def test_manifests_follow_the_namespace_and_image_given(e2e: ModuleType) -> None
 
 
 def test_store_secret_and_urls_match_the_kind_values(e2e: ModuleType) -> None:
-    objects = e2e.render_manifests()
+    """The values name the store and the Pushgateway by bare Service name, so they hold in any --namespace."""
+    objects = e2e.render_manifests(namespace="elsewhere")
     storage = KIND_VALUES["storage"]
     secret = by_name(objects, "Secret", storage["existingSecret"])
+    assert storage["existingSecret"] == e2e.S3_SECRET
     assert sorted(secret["data"]) == sorted(["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
     for url, service in ((storage["endpointUrl"], "s3"), (KIND_VALUES["metrics"]["pushgatewayUrl"], "pushgateway")):
         parsed = urlparse(url)
-        assert parsed.hostname == f"{service}.{e2e.NAMESPACE}.svc.cluster.local"
+        assert parsed.hostname == service
         ports = [p["port"] for p in by_name(objects, "Service", service)["spec"]["ports"]]
         assert parsed.port in ports
     image = KIND_VALUES["image"]
@@ -70,12 +83,58 @@ def test_prometheus_scrapes_the_pushgateway_and_the_chart_ports(e2e: ModuleType)
     assert keeps[("__meta_kubernetes_pod_label_app_kubernetes_io_name",)] == "mnist-train"
 
 
-def test_script_waits_for_the_rayjob_the_chart_creates(e2e: ModuleType) -> None:
+def values_of(argv: list[str]) -> dict:
+    """The values a `helm install` command line gives: its --values files, then its --set a.b=c overrides."""
+    values: dict = {}
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag == "--values":
+            values.update(yaml.safe_load(Path(value).read_text()))
+        elif flag == "--set":
+            key, _, text = value.partition("=")
+            *parents, leaf = key.split(".")
+            node = values
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = text
+    return values
+
+
+def test_each_run_is_a_new_release_whose_rayjob_and_output_the_script_knows(e2e: ModuleType) -> None:
+    release = e2e.new_run_name()
+    argv = e2e.install_argv(release, "elsewhere")
+    assert argv[:5] == ["helm", "--kube-context", "kind-mnist-train", "install", release]
+    assert "upgrade" not in argv and argv[argv.index("--namespace") + 1] == "elsewhere"
     with helm_python.Chart.load(REPO / "charts" / "mnist-train") as chart:
-        rendered = chart.render(KIND_VALUES, name=e2e.RELEASE, namespace=e2e.NAMESPACE)
-    (rayjob,) = [yaml.safe_load(text) for path, text in rendered.items() if path.endswith("/rayjob.yaml")]
-    assert rayjob["metadata"]["name"] == e2e.RELEASE
+        rendered = chart.render(values_of(argv), name=release, namespace="elsewhere")
+    objects = {path.rsplit("/", 1)[-1]: yaml.safe_load(text) for path, text in rendered.items() if ".yaml" in path}
+    rayjob, test_pod = objects["rayjob.yaml"], objects["test-results.yaml"]
+    assert rayjob["metadata"]["name"] == release  # what the script waits for and streams the submitter Job of
+    assert rayjob["metadata"]["labels"]["mnist-train/run-name"] == release
+    entrypoint = rayjob["spec"]["entrypoint"].split()
+    assert entrypoint[entrypoint.index("--run-name") + 1] == release
+    assert entrypoint[entrypoint.index("--output") + 1] == f"s3://mnist-train/runs/{release}"
+    (uri,) = [e["value"] for e in test_pod["spec"]["containers"][0]["env"] if e["name"] == "RESULTS_URI"]
+    assert uri == f"s3://mnist-train/runs/{release}/results.json"  # `helm test` reads this run's results
     assert rayjob["spec"]["rayClusterSpec"]["rayVersion"] in e2e.CPU_BASE_IMAGE
+
+
+def test_a_kind_run_has_a_finite_deadline() -> None:
+    assert KIND_VALUES["rayJob"]["activeDeadlineSeconds"] == 1800
+    with helm_python.Chart.load(REPO / "charts" / "mnist-train") as chart:
+        rendered = chart.render(KIND_VALUES, name="mnist-train-x", namespace="mnist-e2e")
+    (rayjob,) = [yaml.safe_load(text) for path, text in rendered.items() if path.endswith("/rayjob.yaml")]
+    assert rayjob["spec"]["activeDeadlineSeconds"] == 1800
+
+
+def test_run_names_are_fresh_dns_labels_the_chart_keeps_whole(e2e: ModuleType) -> None:
+    now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert e2e.new_run_name(now, "ab12") == "mnist-train-20250102-030405-ab12"
+    assert e2e.new_run_name(now.astimezone(timezone(timedelta(hours=9))), "ab12") == "mnist-train-20250102-030405-ab12"
+    names = {e2e.new_run_name(now) for _ in range(5)}
+    assert len(names) > 1, "two runs in the same second must still get two releases"
+    for name in names | {e2e.new_run_name()}:
+        assert re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", name) and len(name) <= 40, name
+        assert "mnist-train" in name  # so the chart's fullname, and the RayJob's name, is the release name
 
 
 def test_kuberay_version_is_pinned_and_new_enough(e2e: ModuleType) -> None:
@@ -209,19 +268,82 @@ def test_sh_reports_the_failing_command(e2e: ModuleType) -> None:
 
 
 def test_missing_cluster_context_is_a_clear_error(e2e: ModuleType, tmp_path: Path, monkeypatch) -> None:
+    message = "no kubeconfig context kind-mnist-train: run `python k8s/kind_e2e.py up` first"
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
-    with pytest.raises(e2e.E2EError, match="run `python k8s/kind_e2e.py up` first"):
-        e2e.load_kube_config()
+    with pytest.raises(e2e.E2EError) as caught:
+        e2e.connect()
+    assert str(caught.value) == message
+    monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=1))  # only another, current, context
+    with pytest.raises(e2e.E2EError) as caught:
+        e2e.connect()
+    assert str(caught.value) == message
+
+
+def test_helm_and_kubectl_command_lines_carry_the_kind_context(e2e: ModuleType) -> None:
+    assert e2e.helm_argv("test", "r", Path("/x")) == ["helm", "--kube-context", "kind-mnist-train", "test", "r", "/x"]
+    assert e2e.kubectl_argv("get", "pods") == ["kubectl", "--context", "kind-mnist-train", "get", "pods"]
+    for unpinned in (["helm", "install", "r", "chart"], ["kubectl", "get", "pods"], ["kubectl", "--context", "prod"]):
+        with pytest.raises(e2e.E2EError, match=f"build the command with {unpinned[0]}_argv"):
+            e2e.sh(*unpinned)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl here")
+def test_real_kubectl_talks_to_the_kind_context_not_the_current_one(e2e: ModuleType, tmp_path: Path, apis) -> None:
+    kind_api, prod_api = apis
+    env = {**os.environ, "KUBECONFIG": write_kubeconfig(tmp_path, prod=prod_api.port, kind=kind_api.port)}
+    done = subprocess.run(e2e.kubectl_argv("get", "--raw", "/version"), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["gitVersion"] == "v1.30.0-fake"
+    assert ("GET", "/version") in kind_api.requests and prod_api.requests == []
+
+
+@pytest.mark.parametrize(
+    ("machine", "base", "platform"),
+    [
+        ("x86_64", "rayproject/ray:2.60.0-py311", "linux/amd64"),
+        ("amd64", "rayproject/ray:2.60.0-py311", "linux/amd64"),
+        ("arm64", "rayproject/ray:2.60.0-py311-aarch64", "linux/arm64"),  # macOS on Apple silicon, Docker's name
+        ("aarch64", "rayproject/ray:2.60.0-py311-aarch64", "linux/arm64"),  # Linux on arm64
+    ],
+)
+def test_base_image_follows_the_architecture(e2e: ModuleType, machine: str, base: str, platform: str) -> None:
+    assert (e2e.base_image(machine), e2e.docker_platform(machine)) == (base, platform)
+
+
+def test_an_architecture_ray_does_not_build_for_is_refused(e2e: ModuleType) -> None:
+    with pytest.raises(e2e.E2EError, match=r"Ray publishes images for x86_64 and aarch64 only, not 'ppc64le'"):
+        e2e.base_image("ppc64le")
+
+
+@pytest.mark.parametrize(("api", "platform_flag"), [("1.47", False), ("1.48", True), ("1.51", True), ("", False)])
+def test_image_goes_through_a_single_platform_archive(
+    e2e: ModuleType, tmp_path: Path, api: str, platform_flag: bool
+) -> None:
+    archive = tmp_path / "image.tar"
+    build, save, load = e2e.image_commands("arm64", api, archive)
+    assert build[:4] == ["docker", "build", "--platform", "linux/arm64"]
+    assert "BASE_IMAGE=rayproject/ray:2.60.0-py311-aarch64" in build and "EXTRAS=" in build
+    expected = ["docker", "save", "--output", str(archive)] + (["--platform", "linux/arm64"] if platform_flag else [])
+    assert save == [*expected, e2e.IMAGE]
+    assert load == ["kind", "load", "image-archive", str(archive), "--name", "mnist-train"]
+
+
+def test_namespace_must_be_a_namespace_name(e2e: ModuleType, capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        e2e.main(["run", "--namespace", "Not_A_Namespace"])
+    assert caught.value.code == 2
+    assert "'Not_A_Namespace' is not a namespace name" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- Prometheus
 
 
 def test_prometheus_query_goes_through_the_service_proxy(e2e: ModuleType) -> None:
-    path = e2e.prometheus_query_path(e2e.METRICS_QUERY)
-    parsed = urlparse(path)
-    assert parsed.path == f"/api/v1/namespaces/{e2e.NAMESPACE}/services/prometheus:9090/proxy/api/v1/query"
-    assert parse_qs(parsed.query)["query"] == [e2e.METRICS_QUERY]
+    query = e2e.metrics_query("mnist-train-20250102-030405-ab12")
+    assert 'run="mnist-train-20250102-030405-ab12"' in query  # this run's series, not an earlier run's
+    parsed = urlparse(e2e.prometheus_query_path(query, "elsewhere"))
+    assert parsed.path == "/api/v1/namespaces/elsewhere/services/prometheus:9090/proxy/api/v1/query"
+    assert parse_qs(parsed.query)["query"] == [query]
 
 
 def test_metric_jobs_reads_counts_and_errors(e2e: ModuleType) -> None:
@@ -236,11 +358,291 @@ def test_metric_jobs_reads_counts_and_errors(e2e: ModuleType) -> None:
 
 
 def test_script_runs_as_a_program(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     env = {**os.environ, "PATH": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, REPO / "k8s" / "kind_e2e.py", "down"], env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 1 and "missing on PATH: kind" in done.stderr
+    script = [sys.executable, REPO / "k8s" / "kind_e2e.py"]
+    done = subprocess.run([*script, "down"], env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "kind_e2e: error: missing on PATH: kind (kind: https://kind.sigs.k8s.io/docs/user/quick-start/#installation)"
+    ]
+    done = subprocess.run([*script, "--help"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "--namespace" in done.stdout and "all: up, run, down" in done.stdout
+
+
+# ---------------------------------------------------------------- whole runs against fake tools and a fake API server
+
+
+class FakeKubeAPI:
+    """A loopback HTTP server answering the few Kubernetes API calls the script makes, recording each.
+
+    POSTed objects are kept and read back by path; RayJobs report `rayjob_status`; pod lists are empty.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+        self.objects: dict[str, dict] = {}
+        self.rayjob_status = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def answer(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                path = urlparse(self.path).path
+                api.requests.append(("GET", path))
+                if path == "/version":
+                    return self.answer(200, {"major": "1", "minor": "30", "gitVersion": "v1.30.0-fake"})
+                if match := re.fullmatch(r"/apis/ray\.io/v1/namespaces/([^/]+)/rayjobs/([^/]+)", path):
+                    rayjob = {"metadata": {"name": match[2], "namespace": match[1]}, "status": api.rayjob_status}
+                    return self.answer(200, {"apiVersion": "ray.io/v1", "kind": "RayJob", **rayjob})
+                if re.fullmatch(r"/api/v1/namespaces/[^/]+/pods", path):
+                    return self.answer(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []})
+                if path in api.objects:
+                    return self.answer(200, api.objects[path])
+                self.answer(404, {"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound",
+                                  "code": 404})  # fmt: skip
+
+            def do_POST(self) -> None:
+                path = urlparse(self.path).path
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                api.requests.append(("POST", path))
+                api.objects[f"{path}/{body['metadata']['name']}"] = body
+                self.answer(201, body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+    def add_store_secret(self, namespace: str) -> None:
+        self.objects[f"/api/v1/namespaces/{namespace}/secrets/mnist-s3"] = {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-s3", "namespace": namespace}
+        }  # fmt: skip
+
+
+@pytest.fixture
+def apis() -> Iterator[tuple[FakeKubeAPI, FakeKubeAPI]]:
+    """The kind cluster's API server and another cluster's (the kubeconfig's current context)."""
+    kind_api, prod_api = FakeKubeAPI(), FakeKubeAPI()
+    yield kind_api, prod_api
+    kind_api.close()
+    prod_api.close()
+
+
+def write_kubeconfig(directory: Path, prod: int, kind: int | None = None) -> str:
+    """A kubeconfig whose current context is `prod`; with `kind`, it also has the context kind-mnist-train."""
+    contexts = {"prod": prod} | ({"kind-mnist-train": kind} if kind is not None else {})
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "prod",
+        "clusters": [{"name": n, "cluster": {"server": f"http://127.0.0.1:{port}"}} for n, port in contexts.items()],
+        "users": [{"name": "tester", "user": {"token": "not-a-secret"}}],
+        "contexts": [{"name": n, "context": {"cluster": n, "user": "tester"}} for n in contexts],
+    }
+    path = directory / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+LOG_LINE = '{ printf "%s\\037" "$(basename "$0")" "$@"; printf "\\n"; } >> "$FAKE_LOG"'
+FAKES = {
+    # Docker's arch and API version; `save` writes the archive it is asked for.
+    "docker": """case "$1" in
+  version) echo "$FAKE_DOCKER_ARCH 1.51" ;;
+  save) while [ $# -gt 0 ]; do [ "$1" = --output ] && echo archive > "$2"; shift; done ;;
+esac""",
+    "kind": """case "$1 $2" in
+  "get clusters") echo mnist-train ;;
+  "load image-archive") test -s "$3" || { echo "no archive at $3" >&2; exit 1; }
+    if [ -n "$FAKE_KIND_FAIL" ]; then printf 'ERROR: failed to load image\\n%s\\n' "$FAKE_KIND_FAIL" >&2; exit 1; fi ;;
+esac""",
+    "helm": "",
+    "kubectl": """for arg; do
+  if [ "$arg" = --raw ]; then
+    echo '{"status": "success", "data": {"result": [{"metric": {"job": "pushgateway"}, "value": [1, "3"]}]}}'
+  fi
+done""",
+}
+
+
+class Tools:
+    """Fake docker, kind, helm and kubectl on PATH, each logging its argv."""
+
+    def __init__(self, directory: Path, monkeypatch) -> None:
+        self.log = directory / "calls.log"
+        self.log.touch()
+        bin_dir = directory / "bin"
+        bin_dir.mkdir()
+        for name, body in FAKES.items():
+            tool = bin_dir / name
+            tool.write_text(f"#!/bin/sh\n{LOG_LINE}\n{body}\n")
+            tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+        monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+        monkeypatch.setenv("FAKE_LOG", str(self.log))
+        monkeypatch.setenv("FAKE_DOCKER_ARCH", "arm64")
+        self.tmp = directory / "tmp"  # where the image archive goes
+        self.tmp.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(self.tmp))
+
+    def calls(self, tool: str | None = None) -> list[list[str]]:
+        argvs = [line.split("\x1f")[:-1] for line in self.log.read_text().splitlines()]
+        return [argv for argv in argvs if tool is None or argv[0] == tool]
+
+    def find(self, *prefix: str) -> list[str]:
+        (found,) = [argv for argv in self.calls() if argv[: len(prefix)] == list(prefix)]
+        return found
+
+
+@pytest.fixture
+def tools(tmp_path: Path, monkeypatch) -> Tools:
+    return Tools(tmp_path, monkeypatch)
+
+
+def test_all_pins_the_context_builds_for_the_host_and_installs_a_new_release(
+    e2e: ModuleType, tmp_path: Path, monkeypatch, capsys, tools: Tools, apis
+) -> None:
+    kind_api, prod_api = apis
+    monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=prod_api.port, kind=kind_api.port))
+    assert e2e.main(["all", "--namespace", "elsewhere"]) == 0, capsys.readouterr().err
+
+    # 1. every helm and kubectl call, and every API request, goes to the kind cluster
+    cluster_calls = tools.calls("helm") + tools.calls("kubectl")
+    assert len(cluster_calls) == 6  # helm: KubeRay, install, test; kubectl: two waits, the Prometheus query
+    for argv in cluster_calls:
+        assert argv[1:3] == ["--kube-context" if argv[0] == "helm" else "--context", "kind-mnist-train"], argv
+    assert prod_api.requests == []
+    # everything `up` creates is in the namespace `run` installs into
+    created = [path for method, path in kind_api.requests if method == "POST"]
+    assert created[0] == "/api/v1/namespaces" and len(created) == len(e2e.render_manifests())
+    assert all(path.startswith("/api/v1/namespaces/elsewhere/") or "/namespaces/elsewhere/" in path
+               for path in created[1:])  # fmt: skip
+    for argv in tools.calls("kubectl")[:2]:
+        assert argv[3:6] == ["--namespace", "elsewhere", "wait"]
+
+    # 2, 3. built for the Docker host's arm64 from Ray's -aarch64 image; loaded as a one-platform archive, since removed
+    build = tools.find("docker", "build")
+    assert build[2:4] == ["--platform", "linux/arm64"]
+    assert "BASE_IMAGE=rayproject/ray:2.60.0-py311-aarch64" in build
+    save = tools.find("docker", "save")
+    archive = save[save.index("--output") + 1]
+    assert save[-3:] == ["--platform", "linux/arm64", "mnist-train:0.1.0-cpu"]
+    assert tools.find("kind", "load") == ["kind", "load", "image-archive", archive, "--name", "mnist-train"]
+    assert Path(archive).parent.parent == tools.tmp and list(tools.tmp.iterdir()) == []
+    assert tools.calls("kind")[-1] == ["kind", "delete", "cluster", "--name", "mnist-train"]
+
+    # 4. a new release, its run name set; the script waits for that release's RayJob, tests it and reads its metrics
+    install = tools.find("helm", "--kube-context", "kind-mnist-train", "install")
+    release = install[4]
+    assert release.startswith("mnist-train-")
+    assert install[install.index("--set") + 1] == f"train.runName={release}"
+    assert install[install.index("--namespace") + 1] == "elsewhere"
+    assert ("GET", f"/apis/ray.io/v1/namespaces/elsewhere/rayjobs/{release}") in kind_api.requests
+    helm_test = tools.find("helm", "--kube-context", "kind-mnist-train", "test")
+    assert helm_test[4:7] == [release, "--namespace", "elsewhere"]
+    (raw,) = [argv[-1] for argv in tools.calls("kubectl") if "--raw" in argv]
+    assert raw.startswith("/api/v1/namespaces/elsewhere/services/prometheus:9090/")
+    assert parse_qs(urlparse(raw).query)["query"] == [e2e.metrics_query(release)]
+    out = capsys.readouterr().out
+    uninstall = f"helm --kube-context kind-mnist-train uninstall {release} --namespace elsewhere"
+    assert f"OK: run {release} succeeded" in out and f"uninstall it with: {uninstall}" in out
+
+
+def test_every_run_is_a_new_release(e2e: ModuleType, tmp_path: Path, monkeypatch, tools: Tools, apis) -> None:
+    kind_api, prod_api = apis
+    kind_api.add_store_secret("mnist-e2e")
+    monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=prod_api.port, kind=kind_api.port))
+    assert e2e.main(["run"]) == 0
+    assert e2e.main(["run"]) == 0
+    charts = [argv for argv in tools.calls("helm") if str(e2e.CHART) in argv]
+    assert [argv[3] for argv in charts] == ["install", "install"]
+    first, second = (argv[4] for argv in charts)
+    assert first != second
+    waited = [path.rsplit("/", 1)[-1] for method, path in kind_api.requests if "/rayjobs/" in path]
+    assert waited == [first, second]
+    assert [argv[4] for argv in tools.calls("helm") if argv[3] == "test"] == [first, second]
+
+
+def test_run_refuses_without_the_kind_context(
+    e2e: ModuleType, tmp_path: Path, monkeypatch, capsys, tools: Tools, apis
+) -> None:
+    _, prod_api = apis
+    monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=prod_api.port))
+    assert e2e.main(["run"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "kind_e2e: error: no kubeconfig context kind-mnist-train: run `python k8s/kind_e2e.py up` first"
+    ]
+    assert tools.calls() == [] and prod_api.requests == []
+
+
+def test_up_refuses_when_the_cluster_exists_but_not_its_context(
+    e2e: ModuleType, tmp_path: Path, monkeypatch, capsys, tools: Tools, apis
+) -> None:
+    _, prod_api = apis
+    monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=prod_api.port))
+    assert e2e.main(["up"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("kind_e2e: error: no kubeconfig context kind-mnist-train: ")
+    assert line.endswith("the kind cluster exists; add its context with `kind export kubeconfig --name mnist-train`")
+    assert tools.calls() == [["kind", "get", "clusters"]] and prod_api.requests == []
+
+
+def test_run_refuses_a_namespace_up_has_not_prepared(
+    e2e: ModuleType, tmp_path: Path, monkeypatch, capsys, tools: Tools, apis
+) -> None:
+    kind_api, prod_api = apis
+    kind_api.add_store_secret("mnist-e2e")
+    monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=prod_api.port, kind=kind_api.port))
+    assert e2e.main(["run", "--namespace", "elsewhere"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "kind_e2e: error: no Secret mnist-s3 in namespace elsewhere: run `python k8s/kind_e2e.py up --namespace "
+        "elsewhere` first"
+    ]
+    assert tools.calls() == []
+
+
+def test_a_failed_run_says_where_to_look(
+    e2e: ModuleType, tmp_path: Path, monkeypatch, capsys, tools: Tools, apis
+) -> None:
+    kind_api, prod_api = apis
+    kind_api.add_store_secret("mnist-e2e")
+    kind_api.rayjob_status = {"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded", "message": "a\nb"}
+    monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=prod_api.port, kind=kind_api.port))
+    assert e2e.main(["run"]) == 1
+    captured = capsys.readouterr()
+    (release,) = [argv[4] for argv in tools.calls("helm") if argv[3] == "install"]
+    assert captured.err.splitlines() == [
+        "kind_e2e: error: the RayJob failed: deployment=Failed job=- (DeadlineExceeded: a; b); see why with "
+        f"`kubectl --context kind-mnist-train --namespace mnist-e2e describe rayjob/{release}`"
+    ]
+    assert f"uninstall it with: helm --kube-context kind-mnist-train uninstall {release}" in captured.out
+
+
+def test_a_failed_image_load_is_one_line_and_leaves_no_archive(
+    e2e: ModuleType, tmp_path: Path, monkeypatch, capsys, tools: Tools, apis
+) -> None:
+    kind_api, prod_api = apis
+    monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=prod_api.port, kind=kind_api.port))
+    monkeypatch.setenv("FAKE_KIND_FAIL", "no space left on device")
+    assert e2e.main(["up"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(
+        r"kind_e2e: error: kind load image-archive \S+/image\.tar --name mnist-train exited 1: ERROR: failed to load "
+        r"image; no space left on device; is the kind cluster mnist-train up\? `kind get clusters`",
+        line,
+    ), line
+    assert list(tools.tmp.iterdir()) == []
