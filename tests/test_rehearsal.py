@@ -79,8 +79,9 @@ class Node:
 
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.argv, self.seen = argv, set()
-        with log.open("a") as out:
-            self.process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        with log.open("a") as out:  # cwd: the driver runs in the head's folder and leaves its log file there
+            self.process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent,
+                                            start_new_session=True)  # fmt: skip
 
     def kill(self) -> None:
         """SIGKILL the node and everything it started, as a lost pod."""
