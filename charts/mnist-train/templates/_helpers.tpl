@@ -91,9 +91,6 @@ Checks that span several values, which values.schema.json cannot express. Each f
 {{- fail (printf "%s.shmSize %s leaves Ray's object store under its 128Mi minimum; use at least 192Mi" $group (index $.Values $group).shmSize) }}
 {{- end }}
 {{- end }}
-{{- if and .Values.metrics.podMonitor.enabled (not (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PodMonitor")) }}
-{{- fail "metrics.podMonitor.enabled needs the prometheus-operator CRDs (monitoring.coreos.com/v1 PodMonitor), which this cluster lacks: install kube-prometheus-stack or set metrics.podMonitor.enabled=false (with helm template, pass --api-versions monitoring.coreos.com/v1/PodMonitor)" }}
-{{- end }}
 {{- end }}
 
 {{/*
@@ -293,4 +290,9 @@ priorityClassName: {{ . }}
 {{- with .Values.pods.runtimeClassName }}
 runtimeClassName: {{ . }}
 {{- end }}
+{{- end }}
+
+{{/* Whether to make the PodMonitor: asked for, and the cluster serves the prometheus-operator's CRD. */}}
+{{- define "mnist-train.podMonitor" -}}
+{{- if and .Values.metrics.podMonitor.enabled (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PodMonitor") }}true{{ end }}
 {{- end }}
