@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from grafana_foundation_sdk.builders import bargauge, stat, table, timeseries, trend
 from grafana_foundation_sdk.builders import dashboard as dash
@@ -57,6 +58,11 @@ def _transform(id_val: str, options: dict) -> DataTransformerConfig:
     return DataTransformerConfig(id_val=id_val, options=options)
 
 
+def _panel(kind: Any, title: str, description: str, target: Any) -> Any:
+    """Every panel's head: its title and description, the Prometheus data source, and its one query."""
+    return kind.Panel().title(title).description(description).datasource(DS).with_target(target)
+
+
 def per_epoch(title: str, metric: str, series: Sequence[str], unit: str, description: str) -> trend.Panel:
     """A trend panel with x = epoch and one line per combination of `series` labels (e.g. model and split)."""
     by = ", ".join(["epoch", *series])
@@ -66,11 +72,7 @@ def per_epoch(title: str, metric: str, series: Sequence[str], unit: str, descrip
     column = "series" if len(series) > 1 else series[0]
     pivoted = f"epoch\\{column}"
     return (
-        trend.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DS)
-        .with_target(query(expr, instant=True, as_table=True))
+        _panel(trend, title, description, query(expr, instant=True, as_table=True))
         .with_transformation(
             _transform(
                 "groupingToMatrix",
@@ -93,11 +95,7 @@ def per_epoch(title: str, metric: str, series: Sequence[str], unit: str, descrip
 
 def _stat(title: str, expr: str, legend: str, unit: str, description: str) -> stat.Panel:
     return (
-        stat.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DS)
-        .with_target(query(expr, legend, instant=True))
+        _panel(stat, title, description, query(expr, legend, instant=True))
         .unit(unit)
         .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]))
         .graph_mode(common.BigValueGraphMode.NONE)
@@ -120,11 +118,12 @@ def epochs_done() -> bargauge.Panel:
     done = f"max by (model) ({last('mnist_train_epochs_completed', MODEL)})"
     planned = f"max by (model) ({last('mnist_train_epochs_planned', MODEL)})"
     return (
-        bargauge.Panel()
-        .title("Epochs done / total")
-        .description("Finished epochs over the epochs planned, per model (resumed epochs count).")
-        .datasource(DS)
-        .with_target(query(f"{done} / {planned}", "{{model}}", instant=True))
+        _panel(
+            bargauge,
+            "Epochs done / total",
+            "Finished epochs over the epochs planned, per model (resumed epochs count).",
+            query(f"{done} / {planned}", "{{model}}", instant=True),
+        )
         .unit("percentunit")
         .min(0)
         .max(1)
@@ -138,11 +137,12 @@ def epochs_done() -> bargauge.Panel:
 def run_info() -> table.Panel:
     expr = f"max by ({INFO_LABELS}) ({last('mnist_train_info', RUN)})"
     return (
-        table.Panel()
-        .title("Run metadata")
-        .description("mnist_train_info: data set, workers, GPU and versions.")
-        .datasource(DS)
-        .with_target(query(expr, instant=True, as_table=True))
+        _panel(
+            table,
+            "Run metadata",
+            "mnist_train_info: data set, workers, GPU and versions.",
+            query(expr, instant=True, as_table=True),
+        )
         .with_transformation(_transform("organize", {"excludeByName": {"Time": True, "Value": True}}))
         .height(5)
         .span(24)
@@ -152,11 +152,12 @@ def run_info() -> table.Panel:
 def throughput() -> timeseries.Panel:
     expr = "max by (model, rank) (mnist_train_samples_per_second{" + MODEL + "})"
     return (
-        timeseries.Panel()
-        .title("Throughput per worker")
-        .description("Training samples per second of each worker (rank) in its last finished epoch.")
-        .datasource(DS)
-        .with_target(query(expr, "{{model}} rank {{rank}}"))
+        _panel(
+            timeseries,
+            "Throughput per worker",
+            "Training samples per second of each worker (rank) in its last finished epoch.",
+            query(expr, "{{model}} rank {{rank}}"),
+        )
         .unit("short")
         .axis_label("samples/s")
         .show_points(common.VisibilityMode.ALWAYS)
@@ -166,16 +167,7 @@ def throughput() -> timeseries.Panel:
 
 
 def ray_panel(title: str, expr: str, legend: str, unit: str, description: str) -> timeseries.Panel:
-    return (
-        timeseries.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DS)
-        .with_target(query(expr, legend))
-        .unit(unit)
-        .height(8)
-        .span(8)
-    )
+    return _panel(timeseries, title, description, query(expr, legend)).unit(unit).height(8).span(8)
 
 
 def _variable(name: str, label: str, expr: str, multi: bool, all_value: str | None) -> dash.QueryVariable:

@@ -91,6 +91,12 @@ class LiveRun:
     def train_workers(self) -> list[int]:
         return [pid for pid in descendants(self.process.pid) if cmdline(pid).startswith("ray::RayTrainWorker")]
 
+    def __enter__(self) -> LiveRun:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def finish(self, timeout: float = 600) -> int:
         code = self.process.wait(timeout=timeout)
         self._reader.join(timeout=30)
@@ -188,6 +194,12 @@ class CuttableProxy:
                 target.sendall(chunk)
         with contextlib.suppress(OSError):
             target.shutdown(socket.SHUT_WR)
+
+    def __enter__(self) -> CuttableProxy:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self.cut.set()

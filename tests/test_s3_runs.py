@@ -81,21 +81,15 @@ def resumed(moto: MotoServer) -> dict:
     """Run, kill the driver once epoch 2's checkpoint is in the bucket, run the same command again."""
     port = free_port()
     env = {**moto.env(KEY_ID, SECRET), "MNIST_TRAIN_METRICS_PORT": str(port)}
-    first = LiveRun(*command("--epochs", str(EPOCHS)), env=env)
-    try:
+    with LiveRun(*command("--epochs", str(EPOCHS)), env=env) as first:
         first.wait_for(rf"mlp\s+epoch\s+2/{EPOCHS}")
         snapshot = f"{BUCKET}/{RUN}/checkpoints/{RUN}/{SNAPSHOT}"
         wait_registered(lambda: moto.filesystem().open_input_stream(snapshot).read(), 2)
         first.kill()
-    finally:
-        first.stop()
     left = moto.keys(f"{BUCKET}/{RUN}")
-    second = LiveRun(*command("--epochs", str(EPOCHS)), env=env)
-    try:
+    with LiveRun(*command("--epochs", str(EPOCHS)), env=env) as second:
         scraped = scrape_until_exit(second, [port, port + 1])  # the two workers take the port and the next one
         code = second.finish()
-    finally:
-        second.stop()
     return {"first": first, "second": second, "code": code, "left": left, "metrics": scraped}
 
 
@@ -138,12 +132,8 @@ def test_overwrite_retrains_and_a_dark_store_at_the_final_upload_leaves_nothing_
     proxy = CuttableProxy(moto.port, cut_on=rf"PUT /{BUCKET}/{RUN}/(?!checkpoints/|\.write-probe)\w[^ ]*")
     env = {**moto.env(KEY_ID, SECRET), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
     again = command("--epochs", "2", "--overwrite", "--storage-retries", "2")
-    run = LiveRun(*again, env=env)
-    try:
+    with proxy, LiveRun(*again, env=env) as run:
         code = run.finish()
-    finally:
-        run.stop()
-        proxy.close()
     assert proxy.cut_request is not None, run.tail()
     assert "resuming from checkpoint" not in run.output and epochs_printed(run.output, 2) == [1, 2]
     assert code == 1, run.tail()
@@ -153,13 +143,9 @@ def test_overwrite_retrains_and_a_dark_store_at_the_final_upload_leaves_nothing_
     ), run.tail()
     assert f"{BUCKET}/{RUN}/results.json" not in moto.keys(f"{BUCKET}/{RUN}")  # the old one went with --overwrite
 
-    back = CuttableProxy(moto.port, port=proxy.port)  # the store is back: the same command completes the run
-    rerun = LiveRun(*again, env=env)
-    try:
+    # The store is back: the same command completes the run.
+    with CuttableProxy(moto.port, port=proxy.port), LiveRun(*again, env=env) as rerun:
         rerun_code = rerun.finish()
-    finally:
-        rerun.stop()
-        back.close()
     assert rerun_code == 0, rerun.tail()
     assert "resuming from checkpoint: finished {'mlp': 2}" in rerun.output and epochs_printed(rerun.output, 2) == []
     results = json.loads(moto.filesystem().open_input_stream(f"{BUCKET}/{RUN}/results.json").read())
