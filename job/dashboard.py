@@ -106,12 +106,18 @@ def _stat(title: str, expr: str, legend: str, unit: str, description: str) -> st
 def run_status() -> stat.Panel:
     expr = f"max by (status) ({last('mnist_train_run_status', RUN)}) == 1"
     color = {"succeeded": "green", "failed": "red"}
-    panel = _stat("Run status", expr, "{{status}}", "none", "Pushed by the driver when the run ends.")
+    panel = _stat(
+        "Run status",
+        expr,
+        "{{status}}",
+        "none",
+        "Published by the driver when the run ends: pushed, or served until scraped (--metrics-linger).",
+    )
     panel = panel.text_mode(common.BigValueTextMode.NAME).color_mode(common.BigValueColorMode.BACKGROUND)
     for name, value in color.items():
         props = [DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": value})]
         panel = panel.override_by_name(name, props)
-    return panel.no_value("running (no result pushed yet)").span(4)
+    return panel.no_value("running (no outcome yet)").span(4)
 
 
 def epochs_done() -> bargauge.Panel:
