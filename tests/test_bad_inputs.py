@@ -1,12 +1,15 @@
 """The catalogue of bad inputs (docs/errors.md), each run through the real CLI: message, exit code, nothing final.
 
-docs/errors.md is generated from CASES and FAULTS below (`python tests/test_bad_inputs.py` rewrites it), and a test
-checks it matches, so the table and the tests cannot drift.
+Most rows call the CLI's entry point (`job.cli.main`) in this process, which is fast; the rows marked `process` run
+`python -m job train` as a user would: one per way out (an argparse error, a bad value, bad data) and those that
+reach for Ray. docs/errors.md is generated from CASES and FAULTS below (`python tests/test_bad_inputs.py` rewrites
+it), and a test checks it matches, so the table and the tests cannot drift.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -20,6 +23,7 @@ from live_run import MotoServer
 from support import ROOT, free_port, write_idx_folder
 
 DOC = ROOT / "docs" / "errors.md"
+FOREIGN_ENV = ("MNIST_TRAIN_", "AWS_", "RAY_ADDRESS")  # what the tests' own environment must not add
 
 
 def _npz(**changes: np.ndarray | None) -> Callable[[Path], str]:
@@ -73,16 +77,18 @@ class Case:
     data: Callable[[Path], str] | None = None
     s3: bool = False  # runs against a moto server with IAM checks on
     code: int = 2
+    process: bool = False  # run as `python -m job train` in a process of its own
 
 
 TRAIN = ("--dataset", "mnist-sample", "--models", "mlp")
 BASE_ENV = {"MNIST_TRAIN_EPOCHS": "1"}  # through the env twin, so a case's flag or env var still wins
 CASES = [
     # flags
-    Case("epochs-zero", "`--epochs 0`", ("--epochs", "0"), "--epochs must be between 1 and 1000, got 0"),
+    Case("epochs-zero", "`--epochs 0`", ("--epochs", "0"), "--epochs must be between 1 and 1000, got 0", process=True),
     Case("epochs-negative", "`--epochs -3`", ("--epochs", "-3"), "--epochs must be between 1 and 1000, got -3"),
     Case("epochs-huge", "`--epochs 100000`", ("--epochs", "100000"), "--epochs must be between 1 and 1000, got 100000"),
-    Case("epochs-text", "`--epochs ten`", ("--epochs", "ten"), "argument --epochs: invalid int value: 'ten'"),
+    Case("epochs-text", "`--epochs ten`", ("--epochs", "ten"), "argument --epochs: invalid int value: 'ten'",
+         process=True),
     Case("epochs-env", "`MNIST_TRAIN_EPOCHS=0` in the environment", (), "--epochs must be between 1 and 1000, got 0",
          env={"MNIST_TRAIN_EPOCHS": "0"}),
     Case("workers-env", "`MNIST_TRAIN_WORKERS=two` in the environment", (),
@@ -109,7 +115,8 @@ CASES = [
     Case("run-name", "`--run-name 'My Run'`", ("--run-name", "My Run"), "--run-name 'My Run' is not valid"),
     # data files
     Case("corrupt-gzip", "`--data-uri` an IDX folder whose train-images .gz is not gzip", ("--data-uri", "{data}"),
-         "{data}/train-images-idx3-ubyte.gz: not a valid gzip file", data=_idx_folder(b"this is not gzip")),
+         "{data}/train-images-idx3-ubyte.gz: not a valid gzip file", data=_idx_folder(b"this is not gzip"),
+         process=True),
     Case("truncated-idx", "`--data-uri` an IDX folder whose images file is cut short", ("--data-uri", "{data}"),
          "{data}/train-images-idx3-ubyte.gz: header says shape (60000, 28, 28) but holds 10 bytes (truncated?)",
          data=_idx_folder(gzip.compress(b"\0\0\x08\x03" + (60000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
@@ -165,9 +172,10 @@ CASES = [
          ("--output", "{dir}/done"), "{dir}/done already holds a finished run (results.json); pass --overwrite"),
     # cluster
     Case("address-unreachable", "`--address 127.0.0.1:PORT` where no Ray listens", ("--address", "127.0.0.1:{port}"),
-         "cannot reach the Ray cluster at --address 127.0.0.1:{port} (Connection refused); check the address"),
+         "cannot reach the Ray cluster at --address 127.0.0.1:{port} (Connection refused); check the address",
+         process=True),
     Case("gpu-none", "`--gpu` on a machine without GPUs", ("--gpu",),
-         "--gpu asks for 1 GPU but the Ray cluster has 0; run on GPU nodes or drop --gpu"),
+         "--gpu asks for 1 GPU but the Ray cluster has 0; run on GPU nodes or drop --gpu", process=True),
 ]  # fmt: skip
 
 # Faults and behaviours that need a whole run; each row names the test that shows it.
@@ -226,7 +234,7 @@ def moto() -> Iterator[tuple[MotoServer, dict[str, str]]]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case: Case, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_bad_input(case: Case, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch, capsys) -> None:
     fill = {"dir": str(tmp_path), "port": str(free_port()), "data": ""}
     if case.data is not None:
         (tmp_path / "in").mkdir()
@@ -242,14 +250,14 @@ def test_bad_input(case: Case, tmp_path: Path, request: pytest.FixtureRequest) -
     args = [a.format(**fill) for a in case.args]
     if "--output" not in args:
         args += ["--output", str(tmp_path / "out")]
-    out = subprocess.run([sys.executable, "-m", "job", "train", *TRAIN, *args], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT, env={**_clean_env(), **env})  # fmt: skip
-    errors = [line for line in out.stderr.splitlines() if line.startswith("mnist-train: error: ")]
-    assert len(errors) == 1, out.stderr[-2000:]
+    argv = ["train", *TRAIN, *args]
+    code, stdout, stderr = (_in_process if not case.process else _in_a_process)(argv, env, monkeypatch, capsys)
+    errors = [line for line in stderr.splitlines() if line.startswith("mnist-train: error: ")]
+    assert len(errors) == 1, stderr[-2000:]
     assert errors[0].startswith("mnist-train: error: " + case.message.format(**fill)), errors[0]
-    assert out.returncode == case.code
+    assert code == case.code
     if case.id != "gpu-none":  # the others stop before Ray starts: one line, nothing else
-        assert out.stderr == errors[0] + "\n" and out.stdout == ""
+        assert stderr == errors[0] + "\n" and stdout == ""
     assert not (tmp_path / "out" / "results.json").exists()
     assert (tmp_path / "done" / "results.json").read_text() == '{"status": "succeeded"}'
     if case.s3:
@@ -257,10 +265,27 @@ def test_bad_input(case: Case, tmp_path: Path, request: pytest.FixtureRequest) -
         assert not [k for k in keys if k.endswith("results.json")]  # nobody may write 'other'; 'missing' is missing
 
 
-def _clean_env() -> dict[str, str]:
-    import os
+def _in_process(argv: list[str], env: dict[str, str], monkeypatch, capsys) -> tuple[int, str, str]:
+    from job import cli
 
-    return {k: v for k, v in os.environ.items() if not k.startswith(("MNIST_TRAIN_", "AWS_", "RAY_ADDRESS"))}
+    for name in [n for n in os.environ if n.startswith(FOREIGN_ENV)]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(ROOT)
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit_:  # argparse's way out
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _in_a_process(argv: list[str], env: dict[str, str], *_: object) -> tuple[int, str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN_ENV)}
+    out = subprocess.run([sys.executable, "-m", "job", *argv], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env={**clean, **env})  # fmt: skip
+    return out.returncode, out.stdout, out.stderr
 
 
 def test_catalogue_matches_the_tests() -> None:
