@@ -43,7 +43,11 @@ def ray_head(*extra: str) -> Iterator[RayHead]:
         yield RayHead(f"127.0.0.1:{port}", url, env)
     finally:
         os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
+        try:
+            head.wait(timeout=60)  # `ray start --block` drains for up to 30 s
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
 
 
 def _wait_until_jobs_api_answers(address: str, env: dict, head: subprocess.Popen) -> None:

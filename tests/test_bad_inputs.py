@@ -180,6 +180,10 @@ CASES = [
 
 # Faults and behaviours that need a whole run; each row names the test that shows it.
 FAULTS = [
+    ("`--address HOST:PORT` (or `RAY_ADDRESS`) of a token-auth cluster, with another cluster's token", "exit 2 in "
+     "under a second: `the Ray cluster at --address HOST:PORT rejected the token in RAY_AUTH_TOKEN; set "
+     "RAY_AUTH_TOKEN to that cluster's token (...)` (or names the token file it came from; never the token)",
+     "tests/test_ray_submit.py::test_joining_with_another_clusters_token_fails_at_once_naming_where_it_came_from"),
     ("`--address` (a cluster run) with `--dataset mnist` and no way to download it", "exit before training: `full "
      "MNIST could not be loaded (...) and a cluster run never falls back to the 5,000-digit sample: pass --data-uri "
      "s3://BUCKET/mnist.npz ...`; local runs fall back to the sample with a banner",

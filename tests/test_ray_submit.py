@@ -6,8 +6,13 @@ import json
 import re
 import secrets
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from ray_head import RayHead
 from ray_head import ray_head as start_ray_head
 
 from support import ROOT
@@ -16,9 +21,14 @@ RUNTIME_ENV = {"env_vars": {"TF_USE_LEGACY_KERAS": "1"}, "excludes": [".venv", "
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    with start_ray_head() as head:
-        yield head.dashboard, head.env
+def head() -> Iterator[RayHead]:
+    with start_ray_head() as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def ray_head(head: RayHead):
+    return head.dashboard, head.env
 
 
 def submit(address: str, env: dict, *job_args: str) -> subprocess.CompletedProcess:
@@ -54,3 +64,31 @@ def test_submission_without_the_token_is_refused(ray_head) -> None:
     assert re.search(r"unauthori[sz]ed|authentication|401|invalid token", refused.stdout + refused.stderr, re.I), (
         refused.stderr[-2000:]
     )
+
+
+@pytest.mark.parametrize("source", ["env", "file"])
+def test_joining_with_another_clusters_token_fails_at_once_naming_where_it_came_from(
+    head: RayHead, tmp_path: Path, source: str
+) -> None:
+    wrong = "wrong-" + secrets.token_hex(8)
+    env = {k: v for k, v in head.env.items() if not k.startswith(("RAY_AUTH_TOKEN", "MNIST_TRAIN_"))}
+    if source == "env":
+        env["RAY_AUTH_TOKEN"], where = wrong, "the token in RAY_AUTH_TOKEN"
+    else:
+        (tmp_path / "token").write_text(wrong)
+        env["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "token")
+        where = f"the token in {tmp_path / 'token'} (RAY_AUTH_TOKEN_PATH)"
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "job", "train", "--address", head.gcs_address, "--dataset",
+                           "mnist-sample", "--output", str(tmp_path / "out")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    seconds = time.monotonic() - started
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.splitlines() == [
+        f"mnist-train: error: the Ray cluster at --address {head.gcs_address} rejected {where}; set RAY_AUTH_TOKEN "
+        "to that cluster's token (`ray get-auth-token` on its head; on KubeRay: kubectl get secret <ray-cluster> "
+        "-o jsonpath='{.data.auth_token}' | base64 -d)"
+    ]
+    assert wrong not in done.stderr + done.stdout, "the token itself is never printed"
+    assert seconds < 15, f"took {seconds:.1f} s; ray.init alone retries for about 25 s"
+    print(f"wrong token ({source}): exit 2 after {seconds:.1f} s")
