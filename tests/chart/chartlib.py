@@ -78,7 +78,12 @@ def merged(overrides: dict[str, Any]) -> dict[str, Any]:
             base[key] = merge(base.get(key, {}), value) if isinstance(value, dict) and value else value
         return base
 
-    return merge(copy.deepcopy(values), overrides)
+    def drop_nulls(node: Any) -> Any:  # Helm removes keys whose value is null
+        if isinstance(node, dict):
+            return {key: drop_nulls(value) for key, value in node.items() if value is not None}
+        return node
+
+    return drop_nulls(merge(copy.deepcopy(values), overrides))
 
 
 def render_chart(

@@ -131,7 +131,7 @@ def expected_config(values: dict[str, Any]) -> TrainConfig:
         address="auto",  # the driver joins the RayJob's cluster
         overwrite=t["overwrite"],
         metrics_port=t["metricsPort"],
-        metrics_linger=float(t["metricsLinger"]),
+        metrics_linger=float(t.get("metricsLinger", default_linger(values))),
         pushgateway=values["metrics"]["pushgatewayUrl"] or None,
         max_failures=t["maxFailures"],
         steps_per_execution=t["stepsPerExecution"],
@@ -141,6 +141,12 @@ def expected_config(values: dict[str, Any]) -> TrainConfig:
         mixed_precision=t["mixedPrecision"],
         jit_compile=t["jitCompile"],
     )
+
+
+def default_linger(values: dict[str, Any]) -> float:
+    """Without a value: linger only where a PodMonitor scrapes and nothing pushes the outcome."""
+    metrics = values["metrics"]
+    return 60.0 if metrics["podMonitor"]["enabled"] and not metrics["pushgatewayUrl"] else 0.0
 
 
 @pytest.fixture
@@ -337,6 +343,20 @@ def test_production_values_reach_the_objects(rendered) -> None:
     assert head["nodeSelector"] == {"pool": "system"} and head["tolerations"] == [
         {"key": "system", "operator": "Exists"}
     ]
+
+
+@pytest.mark.parametrize(
+    ("values", "linger"),
+    [
+        ({}, "0"),
+        ({"metrics": {"podMonitor": {"enabled": True}}}, "60"),
+        ({"metrics": {"podMonitor": {"enabled": True}, "pushgatewayUrl": "http://pg:9091"}}, "0"),
+        ({"train": {"metricsLinger": 30}}, "30"),
+    ],
+)
+def test_the_outcome_lingers_only_where_a_scrape_is_its_only_way_out(render, values, linger: str) -> None:
+    argv = shlex.split(the(render(values), "RayJob")["spec"]["entrypoint"])
+    assert argv[argv.index("--metrics-linger") + 1] == linger
 
 
 def test_podmonitor_is_selected_by_kube_prometheus_stack_by_default(render) -> None:

@@ -113,7 +113,11 @@ line gives back exactly these values (a chart test checks it).
 {{- /* The driver runs on the head: join that cluster, never start a private local Ray. */}}
 {{- $args = concat $args (list "--address" "auto") }}
 {{- $args = append $args (ternary "--overwrite" "--no-overwrite" $t.overwrite) }}
-{{- $args = concat $args (list "--metrics-port" (toString (int $t.metricsPort)) "--metrics-linger" (toString $t.metricsLinger)) }}
+{{- $linger := $t.metricsLinger }}
+{{- if kindIs "invalid" $linger }}
+{{- $linger = ternary 60 0 (and .Values.metrics.podMonitor.enabled (not .Values.metrics.pushgatewayUrl)) }}
+{{- end }}
+{{- $args = concat $args (list "--metrics-port" (toString (int $t.metricsPort)) "--metrics-linger" (toString $linger)) }}
 {{- if .Values.metrics.pushgatewayUrl }}
 {{- $args = concat $args (list "--pushgateway" .Values.metrics.pushgatewayUrl) }}
 {{- end }}
