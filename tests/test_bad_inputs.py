@@ -184,6 +184,10 @@ FAULTS = [
      "under a second: `the Ray cluster at --address HOST:PORT rejected the token in RAY_AUTH_TOKEN; set "
      "RAY_AUTH_TOKEN to that cluster's token (...)` (or names the token file it came from; never the token)",
      "tests/test_ray_submit.py::test_joining_with_another_clusters_token_fails_at_once_naming_where_it_came_from"),
+    ("`--address HOST:PORT` where something answers that is not a Ray GCS (e.g. the dashboard's port)", "exit 2 "
+     "after about 11 s: `--address HOST:PORT answers, but not as a Ray cluster (no reply from a GCS); give the "
+     "head's GCS address, port 6379 unless changed ...`", "tests/test_ray_submit.py::test_an_address_that_is_not_a_"
+     "ray_gcs_fails_with_one_line"),
     ("`--address` (a cluster run) with `--dataset mnist` and no way to download it", "exit before training: `full "
      "MNIST could not be loaded (...) and a cluster run never falls back to the 5,000-digit sample: pass --data-uri "
      "s3://BUCKET/mnist.npz ...`; local runs fall back to the sample with a banner",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -92,3 +93,19 @@ def test_joining_with_another_clusters_token_fails_at_once_naming_where_it_came_
     assert wrong not in done.stderr + done.stdout, "the token itself is never printed"
     assert seconds < 15, f"took {seconds:.1f} s; ray.init alone retries for about 25 s"
     print(f"wrong token ({source}): exit 2 after {seconds:.1f} s")
+
+
+def test_an_address_that_is_not_a_ray_gcs_fails_with_one_line(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:  # answers TCP, speaks no Ray: e.g. a wrong port
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "job", "train", "--address", address, "--dataset", "mnist-sample",
+                               "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+        seconds = time.monotonic() - started
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.splitlines() == [
+        f"mnist-train: error: --address {address} answers, but not as a Ray cluster (no reply from a GCS); give the "
+        "head's GCS address, port 6379 unless changed (the dashboard's 8265 is for `ray job submit`)"
+    ]
+    print(f"not a GCS: exit 2 after {seconds:.1f} s")
