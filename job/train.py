@@ -5,15 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from job import artifacts, console, storage
+from job import artifacts, cluster, console, storage
 from job.config import ConfigError, TrainConfig
 from job.data import Dataset, load
 
@@ -26,7 +24,7 @@ WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUN
 def check_inputs(config: TrainConfig) -> Dataset:
     """Everything that can be checked before training, fast; a problem raises ConfigError or DataError."""
     try:
-        check_reachable(config.address)
+        cluster.check(config.address)
         dataset = load(config.dataset, config.data_uri, fallback=not config.address)
         _check_batch(config, dataset)
         artifacts.prepare_output(config)  # last: with --overwrite it deletes the old run, so only once inputs are good
@@ -122,96 +120,6 @@ def _check_batch(config: TrainConfig, dataset: Dataset) -> None:
             f"{what} {batch_size} is larger than the {len(dataset.y_train)} training examples of "
             f"{dataset.name}; lower --batch-size"
         )
-
-
-def check_reachable(address: str | None, timeout: float = 5.0) -> None:
-    """Fail at once when --address names a host:port nothing answers on, or a cluster that rejects this machine's
-    token: ray.init would retry for minutes, or for about 25 s and then blame the network."""
-    match = re.fullmatch(r"(ray://)?\[?([^\[\]/@]+?)\]?:(\d+)", address or "")
-    if not match:
-        return  # "auto" or another form Ray resolves itself
-    try:
-        socket.create_connection((match[2], int(match[3])), timeout=timeout).close()
-    except OSError as err:
-        raise ConfigError(
-            f"cannot reach the Ray cluster at --address {address} ({err.strerror or type(err).__name__}); "
-            "check the address, or leave --address out to start a local Ray"
-        ) from None
-    if not match[1]:  # the GCS itself; a Ray Client server (ray://) checks tokens its own way
-        _check_token(address)
-
-
-def _check_token(address: str) -> None:
-    """Ask the cluster's GCS once, with the token ray.init would send: a rejected token fails in a fraction of a
-    second, with where the token came from; an endpoint that is not a GCS fails in about 11 s instead of 40."""
-    from ray._private.authentication import authentication_token_setup as token_setup
-    from ray._raylet import GcsClient
-    from ray.exceptions import AuthenticationError, RpcError
-
-    quiet = logging.getLogger(token_setup.__name__)
-    level, quiet.level = quiet.level, logging.ERROR  # its "token auth is enabled" notice is not for this user
-    try:
-        token_setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)  # as ray.init does
-    finally:
-        quiet.setLevel(level)
-    try:
-        # The GCS client logs a refusal to stderr from C++; the ConfigError below says it once.
-        with _no_stderr(), _ray_config(py_gcs_connect_timeout_s="1"):
-            GcsClient(address=address)
-    except AuthenticationError:
-        raise ConfigError(
-            f"the Ray cluster at --address {address} rejected {_token_source()}; set RAY_AUTH_TOKEN to that "
-            "cluster's token (`ray get-auth-token` on its head; on KubeRay: kubectl get secret <ray-cluster> "
-            "-o jsonpath='{.data.auth_token}' | base64 -d)"
-        ) from None
-    except RpcError:
-        raise ConfigError(
-            f"--address {address} answers, but not as a Ray cluster (no reply from a GCS); give the head's GCS "
-            "address, port 6379 unless changed (the dashboard's 8265 is for `ray job submit`)"
-        ) from None
-
-
-@contextlib.contextmanager
-def _ray_config(**settings: str) -> Iterator[None]:
-    """Ray's C++ settings for this process, for the duration only (RAY_<name> variables, read by Config)."""
-    from ray._raylet import Config
-
-    saved = {name: os.environ.get(f"RAY_{name}") for name in settings}
-    os.environ.update({f"RAY_{name}": value for name, value in settings.items()})
-    Config.initialize("")
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(f"RAY_{name}")
-            else:
-                os.environ[f"RAY_{name}"] = value
-        Config.initialize("")
-
-
-@contextlib.contextmanager
-def _no_stderr() -> Iterator[None]:
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _token_source() -> str:
-    """Where Ray takes the token from, in its order, never the token itself."""
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return "the token in RAY_AUTH_TOKEN"
-    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        return f"the token in {os.environ['RAY_AUTH_TOKEN_PATH']} (RAY_AUTH_TOKEN_PATH)"
-    default = Path.home() / ".ray" / "auth_token"
-    if default.exists():
-        return f"the token in {default}"
-    return "this machine's request: it has no token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
 
 
 def _worker_resources(config: TrainConfig) -> dict[str, float]:
