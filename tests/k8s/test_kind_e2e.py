@@ -577,28 +577,26 @@ def test_every_run_is_a_new_release(e2e: ModuleType, tmp_path: Path, monkeypatch
     assert [argv[4] for argv in tools.calls("helm") if argv[3] == "test"] == [first, second]
 
 
-def test_run_refuses_without_the_kind_context(
-    e2e: ModuleType, tmp_path: Path, monkeypatch, capsys, tools: Tools, apis
+@pytest.mark.parametrize(
+    ("command", "hint", "calls"),
+    [
+        ("run", "run `python k8s/kind_e2e.py up` first", []),
+        (
+            "up",
+            "the kind cluster exists; add its context with `kind export kubeconfig --name mnist-train`",
+            [["kind", "get", "clusters"]],
+        ),
+    ],
+)
+def test_without_the_kind_context_nothing_touches_any_cluster(
+    e2e: ModuleType, tmp_path: Path, monkeypatch, capsys, tools: Tools, apis, command: str, hint: str, calls: list
 ) -> None:
     _, prod_api = apis
     monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=prod_api.port))
-    assert e2e.main(["run"]) == 1
-    assert capsys.readouterr().err.splitlines() == [
-        "kind_e2e: error: no kubeconfig context kind-mnist-train: run `python k8s/kind_e2e.py up` first"
-    ]
-    assert tools.calls() == [] and prod_api.requests == []
-
-
-def test_up_refuses_when_the_cluster_exists_but_not_its_context(
-    e2e: ModuleType, tmp_path: Path, monkeypatch, capsys, tools: Tools, apis
-) -> None:
-    _, prod_api = apis
-    monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=prod_api.port))
-    assert e2e.main(["up"]) == 1
+    assert e2e.main([command]) == 1
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith("kind_e2e: error: no kubeconfig context kind-mnist-train: ")
-    assert line.endswith("the kind cluster exists; add its context with `kind export kubeconfig --name mnist-train`")
-    assert tools.calls() == [["kind", "get", "clusters"]] and prod_api.requests == []
+    assert line.startswith("kind_e2e: error: no kubeconfig context kind-mnist-train: ") and line.endswith(hint)
+    assert tools.calls() == calls and prod_api.requests == []
 
 
 def test_run_refuses_a_namespace_up_has_not_prepared(
