@@ -19,7 +19,7 @@ from typing import Any
 
 from job import storage, versions
 from job.checkpoint import MODEL_FILE, SAVED_MODEL, RunState
-from job.config import DISPLAY_NAMES, ConfigError, TrainConfig
+from job.config import ConfigError, TrainConfig, display_name
 from job.data import Dataset
 
 RESULTS = "results.json"
@@ -38,13 +38,13 @@ def prepare_output(config: TrainConfig) -> None:
                 f"{storage.redact(config.output)} already holds a finished run ({RESULTS}); "
                 "pass --overwrite to replace it, or choose another --output"
             )
-        for part in (RESULTS, "checkpoints", "curves.png", *config.models):
+        for part in (RESULTS, "checkpoints", "curves.png", *config.outputs):
             storage.delete(storage.join(config.output, part))
     storage.probe_writable(config.output)
 
 
 RUN_SETTINGS = "run-settings.json"
-RESUME_KEYS = ("models", "epochs", "batch_size", "seed")
+RESUME_KEYS = ("models", "epochs", "batch_size", "seed", "ensemble")
 
 
 def _effective(config: TrainConfig) -> dict[str, Any]:
@@ -76,18 +76,18 @@ def claim_run(config: TrainConfig, dataset: Dataset) -> None:
 def write(config: TrainConfig, dataset: Dataset, checkpoint: Path, started: float) -> dict[str, Any]:
     """Upload models, histories and curves from the final checkpoint, then results.json."""
     state = RunState.load(checkpoint)
-    missing = [name for name in config.models if name not in state.finished]
+    missing = [name for name in config.outputs if name not in state.finished]
     if missing:
         raise RuntimeError(f"the final checkpoint lacks finished models: {', '.join(missing)}")
+    histories = {name: state.finished[name]["history"] for name in config.outputs}
     with tempfile.TemporaryDirectory(prefix="mnist-artifacts-") as tmp:
         staging = Path(tmp)
-        for name in config.models:
-            _stage_model(checkpoint / name, staging / name, state.finished[name]["history"])
-        histories = {name: state.finished[name]["history"] for name in config.models}
-        _plot_curves(histories, staging / "curves.png")
+        for name in config.outputs:
+            _stage_model(checkpoint / name, staging / name, histories[name])
+        _plot_curves({name: history for name, history in histories.items() if history}, staging / "curves.png")
         storage.upload_dir(staging, config.output)
     models = {name: {**_model_results(state.finished[name]), "recipe": asdict(config.recipe(name))}
-              for name in config.models}  # fmt: skip
+              for name in config.outputs}  # fmt: skip
     results = _results(config, dataset, models, started)
     storage.write_bytes(storage.join(config.output, RESULTS), json.dumps(results, indent=2).encode())
     return results
@@ -97,7 +97,8 @@ def _stage_model(exported: Path, folder: Path, history: list[dict[str, Any]]) ->
     folder.mkdir(parents=True)
     shutil.copy(exported / MODEL_FILE, folder / MODEL_FILE)
     shutil.copytree(exported / SAVED_MODEL, folder / SAVED_MODEL)
-    (folder / "history.csv").write_text(history_csv(history))
+    if history:  # an ensemble trains no epochs of its own
+        (folder / "history.csv").write_text(history_csv(history))
 
 
 def _model_results(finished: dict[str, Any]) -> dict[str, Any]:
@@ -109,6 +110,7 @@ def _model_results(finished: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": finished["train_seconds"],
         "devices": finished["devices"],
         "history": finished["history"],
+        **({"members": finished["members"]} if "members" in finished else {}),
     }
 
 
@@ -133,7 +135,7 @@ def _plot_curves(histories: dict[str, list[dict[str, float]]], path: Path) -> No
             ax = axes[row][col]
             ax.plot(epochs, [r[metric] for r in history], "o-", label="train")
             ax.plot(epochs, [r[f"val_{metric}"] for r in history], "s--", label="validation")
-            ax.set_title(f"{DISPLAY_NAMES[name]}: {metric}")
+            ax.set_title(f"{display_name(name)}: {metric}")
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
             ax.legend()
@@ -179,20 +181,22 @@ def _iso(ts: float) -> str:
 
 
 def print_summary(results: dict[str, Any]) -> None:
-    """The tutorial's closing lines, then one table for all models."""
+    """The tutorial's closing lines, then one table for all models (an ensemble trains no epochs: '-')."""
     rows = results["models"]
+    width = max(11, *map(len, rows))
     print()
     for name, m in rows.items():
-        print(f"{DISPLAY_NAMES[name]} error: {m['test_error_percent']:.2f}%")
+        print(f"{display_name(name)} error: {m['test_error_percent']:.2f}%")
     print(
-        f"\n{'model':<11} {'test error':>10} {'test loss':>10} {'params':>9} {'epochs':>6} {'train s':>8} "
+        f"\n{'model':<{width}} {'test error':>10} {'test loss':>10} {'params':>9} {'epochs':>6} {'train s':>8} "
         f"{'s/epoch':>8}"
     )
     for name, m in rows.items():
         epochs = len(m["history"])
+        per_epoch = f"{m['train_seconds'] / epochs:>8.2f}" if epochs else f"{'-':>8}"
         print(
-            f"{name:<11} {m['test_error_percent']:>9.2f}% {m['test_loss']:>10.4f} {m['params']:>9,} {epochs:>6} "
-            f"{m['train_seconds']:>8.1f} {m['train_seconds'] / epochs:>8.2f}"
+            f"{name:<{width}} {m['test_error_percent']:>9.2f}% {m['test_loss']:>10.4f} {m['params']:>9,} "
+            f"{epochs or '-':>6} {m['train_seconds']:>8.1f} {per_epoch}"
         )
     ds = results["dataset"]
     print(

@@ -160,6 +160,14 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     _add(p, "--seed", int, d["seed"], "random seed")
     _add(
         p,
+        "--ensemble",
+        int,
+        d["ensemble"],
+        "train K members of each model (seeds seed..seed+K-1) and save the average of their probabilities as "
+        "<model>-ensemble; 1 = one model",
+    )
+    _add(
+        p,
         "--address",
         _optional,
         os.environ.get("RAY_ADDRESS"),

@@ -15,6 +15,8 @@ DATASETS = ("mnist", "mnist-sample", "fashion_mnist")
 URI_SCHEMES = ("file", "s3", "gs")
 MAX_EPOCHS = 1000
 MAX_WORKERS = 1024
+MAX_ENSEMBLE = 20
+ENSEMBLE_SUFFIX = "-ensemble"
 _RUN_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 
 
@@ -89,6 +91,7 @@ class TrainConfig:
     output: str | None = None  # None: ./artifacts/<run_name>
     run_name: str = field(default_factory=default_run_name)
     seed: int = 7
+    ensemble: int = 1  # K > 1: each model trains K members (seeds seed .. seed+K-1) and saves their ensemble
     address: str | None = None
     overwrite: bool = False
     metrics_port: int = 0
@@ -141,6 +144,9 @@ class TrainConfig:
                 "starting and ending with a letter or digit"
             )
         _check_range("--seed", self.seed, 0, 2**31 - 1)
+        _check_range("--ensemble", self.ensemble, 1, MAX_ENSEMBLE, " (1 = a single model)")
+        if self.seed + self.ensemble - 1 > 2**31 - 1:
+            raise ConfigError(f"--seed {self.seed} leaves no room for {self.ensemble} member seeds; lower --seed")
         _check_range("--metrics-port", self.metrics_port, 0, 65535, " (0 turns the /metrics server off)")
         _check_range("--metrics-linger", self.metrics_linger, 0, 3600, " (0 = off)")
         if self.pushgateway is not None and not re.match(r"^https?://[^/\s]+", self.pushgateway):
@@ -167,15 +173,32 @@ class TrainConfig:
         if self.output is None:
             object.__setattr__(self, "output", os.path.join("artifacts", self.run_name))
 
+    def members(self, model: str) -> tuple[str, ...]:
+        """What the workers train for `model`: the model itself, or with --ensemble K its members `<model>-1` .. K."""
+        return (model,) if self.ensemble == 1 else tuple(f"{model}-{i}" for i in range(1, self.ensemble + 1))
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Every model the run writes, in training order: each model's members, then its `<model>-ensemble`."""
+        names: list[str] = []
+        for model in self.models:
+            names += self.members(model)
+            if self.ensemble > 1:
+                names.append(model + ENSEMBLE_SUFFIX)
+        return tuple(names)
+
     def recipe(self, name: str) -> Recipe:
-        """`name`'s recipe, with --epochs and --batch-size put in when given."""
-        default = RECIPES[name]
+        """The recipe of `name` (a model, member or ensemble), with --epochs and --batch-size put in when given."""
+        default = RECIPES[model_of(name)]
         return replace(default, epochs=self.epochs or default.epochs, batch_size=self.batch_size or default.batch_size)
 
     def for_model(self, name: str) -> TrainConfig:
-        """This config with `name`'s epochs and batch size filled in (what a worker trains that model with)."""
+        """This config as a worker trains model or member `name`: its epochs and batch size, and its seed (member i of
+        an ensemble: seed + i - 1, so member 1 is the model a run without --ensemble trains)."""
         recipe = self.recipe(name)
-        return replace(self, epochs=recipe.epochs, batch_size=recipe.batch_size)
+        part = name.partition("-")[2]
+        member = int(part) if part.isdigit() else 1
+        return replace(self, epochs=recipe.epochs, batch_size=recipe.batch_size, seed=self.seed + member - 1)
 
     @property
     def log_path(self) -> str:
@@ -183,6 +206,21 @@ class TrainConfig:
             return self.log_file
         local = "://" not in self.output or self.output.startswith("file://")
         return f"{self.output.removeprefix('file://').rstrip('/')}/run.log" if local else f"{self.run_name}.log"
+
+
+def model_of(name: str) -> str:
+    """The model a member (`deep_bn_cnn-2`) or an ensemble (`deep_bn_cnn-ensemble`) is made of."""
+    return name.partition("-")[0]
+
+
+def is_ensemble(name: str) -> bool:
+    return name.endswith(ENSEMBLE_SUFFIX)
+
+
+def display_name(name: str) -> str:
+    """'Deep BN CNN', 'Deep BN CNN #2', 'Deep BN CNN ensemble'."""
+    model, _, part = name.partition("-")
+    return DISPLAY_NAMES[model] + ("" if not part else " ensemble" if is_ensemble(name) else f" #{part}")
 
 
 def defaults(config_class: type) -> dict[str, Any]:

@@ -175,8 +175,7 @@ class WorkerMetrics:
         `local_examples` is what this worker's steps trained on, counted from the batches.
         """
         ids, epoch, seconds = {**self._ids, "model": model}, int(record["epoch"]), float(record["seconds"])
-        if model not in self._models:
-            self._models.append(model)
+        self._known(model)
         if self.chief:
             for split, (loss_key, accuracy_key) in SPLIT_KEYS.items():
                 labels = {**ids, "split": split, "epoch": str(epoch)}
@@ -194,9 +193,14 @@ class WorkerMetrics:
     def record_test(self, model_name: str, test_loss: float, test_error: float) -> None:
         """Record the final test loss and error (ratio 0-1) of a model, and push them."""
         ids = {**self._ids, "model": model_name}
+        self._known(model_name)  # an ensemble has no epochs: its first series are these
         self._m["mnist_train_test_loss"].labels(**ids).set(test_loss)
         self._m["mnist_train_test_error_ratio"].labels(**ids).set(test_error)
         self.push(model_name)
+
+    def _known(self, model: str) -> None:
+        if model not in self._models:
+            self._models.append(model)
 
     def push(self, model: str | None = None) -> bool:
         """Push this worker's run-level group and `model`'s group (all models if None); False if a push failed."""

@@ -15,7 +15,7 @@ import tf_keras as keras
 from tf_keras import layers
 
 from job.checkpoint import MODEL_FILE, SAVED_MODEL
-from job.config import RECIPES, TrainConfig
+from job.config import RECIPES, TrainConfig, model_of
 
 EVAL_BATCH = 1000
 
@@ -117,7 +117,7 @@ def build(name: str, config: TrainConfig | None = None, steps_per_epoch: int = 1
         learning_rate = keras.optimizers.schedules.ExponentialDecay(
             recipe.learning_rate, steps_per_epoch, recipe.lr_decay_per_epoch(), staircase=True
         )
-    model = BUILDERS[name]()
+    model = BUILDERS[model_of(name)]()
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -126,6 +126,15 @@ def build(name: str, config: TrainConfig | None = None, steps_per_epoch: int = 1
         jit_compile=config.jit_compile if config else False,
     )
     return model
+
+
+def ensemble(members: dict[str, keras.Model], name: str) -> keras.Model:
+    """One model whose output is the mean of the members' class probabilities (An et al. average them too)."""
+    first = next(iter(members.values()))
+    inputs = keras.Input(shape=first.input_shape[1:])
+    # Each member renamed (they share their model's name), so the ensemble's layers are unique and say which is which.
+    outputs = [keras.Model(m.inputs, m.outputs, name=member)(inputs) for member, m in members.items()]
+    return keras.Model(inputs, layers.Average(dtype="float32")(outputs), name=name)
 
 
 def seed(value: int) -> None:

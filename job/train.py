@@ -187,6 +187,8 @@ def _print_plan(config: TrainConfig, dataset: Dataset) -> None:
     for name in config.models:
         plans.setdefault((config.recipe(name).epochs, config.recipe(name).batch_size), []).append(name)
     plan = "; ".join(f"{', '.join(names)} for {e} epochs, global batch {b}" for (e, b), names in plans.items())
+    if config.ensemble > 1:
+        plan += f"; {config.ensemble} members each (seeds {config.seed}..{config.seed + config.ensemble - 1}), averaged"
     print(
         f"run {config.run_name}: {plan} on {config.workers} {'GPU' if config.gpu else 'CPU'} workers ({where})\n"
         f"data {dataset.name}: {len(dataset.y_train)} train / {len(dataset.y_test)} test; "

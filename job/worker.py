@@ -16,7 +16,7 @@ from typing import Any
 
 from job import checkpoint, devices
 from job.checkpoint import RunState
-from job.config import TrainConfig
+from job.config import TrainConfig, is_ensemble, model_of
 from job.data import Dataset, epoch_indices
 from job.metrics import WorkerMetrics
 
@@ -62,9 +62,9 @@ def _train_all(config: TrainConfig, data_ref: Any, workdir: Path) -> None:
     exporter = WorkerMetrics(config, rank, context.get_world_size(), dataset.name, device_info)
     worker = Worker(config, dataset, strategy, rank, workdir, state, restored, exporter, device_info)
     try:
-        for name in config.models:
+        for name in config.outputs:
             if name not in state.finished:
-                _train_model(worker, name)
+                (_build_ensemble if is_ensemble(name) else _train_model)(worker, name)
     finally:
         exporter.close()
 
@@ -130,6 +130,38 @@ def _train_model(worker: Worker, name: str) -> None:
         last_saved = time.perf_counter() if save else last_saved
 
 
+def _build_ensemble(worker: Worker, name: str) -> None:
+    """The chief averages the finished members into one model, scores and saves it; every worker reports (a barrier).
+
+    The members are loaded from their exported files, outside the strategy: plain variables, so scoring the ensemble
+    is no collective and the other workers need not take part.
+    """
+    import ray.train
+
+    from job import models
+
+    with tempfile.TemporaryDirectory(prefix="ckpt-", dir=worker.workdir) as tmp:
+        saved = None
+        if worker.chief:
+            members = worker.config.members(model_of(name))
+            ensemble = models.ensemble({m: models.load(worker.state.model_dirs[m] / checkpoint.MODEL_FILE)
+                                        for m in members}, name)  # fmt: skip
+            loss, error = models.evaluate(ensemble, models.features(worker.dataset.x_test, ensemble),
+                                          worker.dataset.y_test)  # fmt: skip
+            model_dir = worker.workdir / "models" / name
+            models.export(ensemble, model_dir)
+            seconds = sum(worker.state.finished[m]["train_seconds"] for m in members)
+            results = {"params": int(ensemble.count_params()), "test_loss": loss, "test_error": error,
+                       "train_seconds": seconds, "devices": worker.device_info, "members": list(members)}  # fmt: skip
+            worker.state.start(name)
+            worker.state.finish(name, results, model_dir)
+            worker.exporter.record_test(name, test_loss=loss, test_error=error)
+            worker.state.save(Path(tmp))
+            saved = ray.train.Checkpoint.from_directory(tmp)
+            say(f"{name:<9} {len(members)} members averaged: test error {error * 100:.2f}%")
+        ray.train.report({"model": name}, checkpoint=saved)
+
+
 def _chief_seconds_since(worker: Worker, started: float) -> float:
     """The chief's clock, the same on every worker (saving is a collective, so all must decide alike)."""
     import tensorflow as tf
@@ -163,9 +195,9 @@ def _train_data(worker: Worker, config: TrainConfig, name: str, pixels: Any, epo
         ids = tf.data.Dataset.from_tensor_slices(idx).batch(batch, drop_remainder=True)
         ds = ids.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
         if config.recipe(name).augment:
-            from job.augment import augment, epoch_seed
+            from job.augment import augment, epoch_seed, policy
 
-            ds = augment(ds, epoch_seed(config.seed, epoch, worker.rank))
+            ds = augment(ds, epoch_seed(config.seed, epoch, worker.rank), policy(worker.dataset.name))
         return ds.prefetch(tf.data.AUTOTUNE)
 
     return worker.strategy.distribute_datasets_from_function(dataset_fn)

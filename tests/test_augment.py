@@ -1,4 +1,5 @@
-"""Augmentation (job/augment.py) on real digits: seeded, different per worker and per epoch, images only."""
+"""Augmentation (job/augment.py) on real digits and clothes: seeded, different per worker and per epoch, images only;
+digits turn and shift, clothes mirror and shift less."""
 
 import numpy as np
 import pytest
@@ -15,11 +16,22 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return models.features(sample.x_train[:200], models.build("deep_bn_cnn")), sample.y_train[:200]
 
 
-def batches(digits, seed: int) -> list[tuple[np.ndarray, ...]]:
+@pytest.fixture(scope="module")
+def clothes() -> tuple[np.ndarray, np.ndarray]:
+    fashion = data.load("fashion_mnist", None)
+    return models.features(fashion.x_train[:200], models.build("deep_bn_cnn")), fashion.y_train[:200]
+
+
+def batches(images, seed: int, kind: str = "digits") -> list[tuple[np.ndarray, ...]]:
     """One epoch of (x, y, ids) batches, as the worker's pipeline will hand them over, augmented with `seed`."""
-    x, y = digits
+    x, y = images
     ds = tf.data.Dataset.from_tensor_slices((x, y, np.arange(len(y)))).batch(BATCH, drop_remainder=True)
-    return [tuple(part.numpy() for part in batch) for batch in augment.augment(ds, seed)]
+    return [tuple(part.numpy() for part in batch) for batch in augment.augment(ds, seed, kind)]
+
+
+def centre(img: np.ndarray) -> np.ndarray:
+    grid, mass = np.arange(28), img[..., 0]
+    return np.array([(mass.sum(axis=1) * grid).sum(), (mass.sum(axis=0) * grid).sum()]) / mass.sum()
 
 
 def test_same_seed_gives_identical_batches(digits) -> None:
@@ -56,12 +68,6 @@ def test_transforms_are_small_rotations_and_shifts(digits) -> None:
     images = np.concatenate([b[0] for b in batches(digits, seed=5)])
     ink_before, ink_after = x.sum(axis=(1, 2, 3)), images.sum(axis=(1, 2, 3))
     assert np.median(ink_after / ink_before) > 0.9
-    grid = np.arange(28)
-
-    def centre(img):
-        mass = img[..., 0]
-        return np.array([(mass.sum(axis=1) * grid).sum(), (mass.sum(axis=0) * grid).sum()]) / mass.sum()
-
     moves = np.array([np.abs(centre(a) - centre(b)) for a, b in zip(images, x, strict=True)])
     assert moves.max() <= 0.2 * 28 + 1.5  # shift up to 5.6 px, rotation moves the centre a little more
     assert np.median(moves.max(axis=1)) > 0.5  # and they do move
@@ -71,3 +77,21 @@ def test_epoch_seeds_are_distinct_and_stable() -> None:
     seeds = {augment.epoch_seed(7, epoch, rank) for epoch in range(50) for rank in range(8)}
     assert len(seeds) == 400
     assert augment.epoch_seed(7, 0, 0) == augment.epoch_seed(7, 0, 0)
+
+
+def test_clothes_are_mirrored_about_half_the_time_and_shift_at_most_10_percent(clothes) -> None:
+    x, y = clothes
+    out = batches(clothes, seed=5, kind="clothes")
+    images = np.concatenate([b[0] for b in out])
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in out]), y)
+    mirrored = np.array([np.abs(a - b[:, ::-1]).mean() < np.abs(a - b).mean() for a, b in zip(images, x, strict=True)])
+    assert 0.3 < mirrored.mean() < 0.7
+    sources = np.where(mirrored[:, None, None, None], x[:, :, ::-1], x)
+    moves = np.array([np.abs(centre(a) - centre(b)) for a, b in zip(images, sources, strict=True)])
+    assert moves.max() <= 0.1 * 28 + 1.0 and np.median(moves.max(axis=1)) > 0.3
+    assert batches(clothes, seed=5, kind="clothes")[0][0].tobytes() == out[0][0].tobytes()
+
+
+def test_fashion_mnist_gets_the_clothes_policy_and_other_data_the_digits_one() -> None:
+    assert augment.policy("fashion_mnist") == "clothes"
+    assert {augment.policy(name) for name in ("mnist", "mnist-sample", "digits")} == {"digits"}

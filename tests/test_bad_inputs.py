@@ -108,6 +108,10 @@ CASES = [
          ("--models", "deep_bn_cnn", "--workers", "7"),
          "deep_bn_cnn's default global batch 120 does not split evenly over 7 workers; pass --batch-size with a "
          "multiple of 7"),
+    Case("ensemble-zero", "`--ensemble 0`", ("--ensemble", "0"),
+         "--ensemble must be between 1 and 20, got 0 (1 = a single model)"),
+    Case("ensemble-seeds", "`--ensemble 3 --seed 2147483646` (member seeds past the largest seed)",
+         ("--ensemble", "3", "--seed", "2147483646"), "--seed 2147483646 leaves no room for 3 member seeds"),
     Case("unknown-dataset", "`--dataset cifar10`", ("--dataset", "cifar10"),
          "unknown --dataset 'cifar10'; pick from mnist, mnist-sample, fashion_mnist or give --data-uri"),
     Case("metrics-port-range", "`--metrics-port 70000`", ("--metrics-port", "70000"),

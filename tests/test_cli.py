@@ -82,6 +82,18 @@ def test_each_model_trains_with_its_own_recipe_unless_flags_say_otherwise(monkey
     assert empty_env.epochs is None and empty_env.recipe("deep_bn_cnn").epochs == 30
 
 
+def test_an_ensemble_trains_seeded_members_then_writes_their_average(monkeypatch) -> None:
+    config = parse(["train", "--models", "cnn,deep_bn_cnn", "--ensemble", "3", "--seed", "40", "--epochs", "2"])
+    assert config.members("cnn") == ("cnn-1", "cnn-2", "cnn-3")
+    assert config.outputs == ("cnn-1", "cnn-2", "cnn-3", "cnn-ensemble",
+                              "deep_bn_cnn-1", "deep_bn_cnn-2", "deep_bn_cnn-3", "deep_bn_cnn-ensemble")  # fmt: skip
+    assert [config.for_model(m).seed for m in config.members("deep_bn_cnn")] == [40, 41, 42]
+    assert config.for_model("deep_bn_cnn-2").batch_size == 120 and config.recipe("deep_bn_cnn-ensemble").augment
+    single = parse(["train", "--models", "cnn"])
+    assert single.outputs == single.members("cnn") == ("cnn",) and single.for_model("cnn").seed == 7
+    assert parse(["train"], monkeypatch, {"MNIST_TRAIN_ENSEMBLE": "3"}).ensemble == 3
+
+
 def test_every_flag_has_a_documented_env_twin() -> None:
     parser = cli.build_parser()
     for sub in parser._subparsers._group_actions[0].choices.values():

@@ -1,6 +1,7 @@
 """deep_bn_cnn trained for real by the job: 2 Ray workers on 1,920 shipped MNIST digits (16 steps an epoch).
 
-One short run: every artifact is written and reproduces the reported error (Keras, SavedModel, `evaluate`). One run
+One short run of a 2-member ensemble: every artifact is written and reproduces the reported error (Keras, SavedModel,
+`evaluate`), for a member and for the ensemble, whose probabilities are the members' average. One run
 whose non-chief worker is SIGKILLed after a checkpoint: it resumes, and the optimizer's step counter, which drives
 the learning-rate schedule, carries on from the checkpoint instead of starting over.
 """
@@ -39,8 +40,8 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
     output = tmp_path_factory.mktemp("deep") / "out"
-    process = run_job("train", "--models", "deep_bn_cnn", "--data-uri", str(digits), "--workers", "2",
-                      "--epochs", "3", "--output", str(output), "--run-name", "deep-run")  # fmt: skip
+    process = run_job("train", "--models", "deep_bn_cnn", "--data-uri", str(digits), "--workers", "2", "--epochs", "3",
+                      "--ensemble", "2", "--output", str(output), "--run-name", "deep-run")  # fmt: skip
     assert process.returncode == 0, process.stderr[-3000:]
     return output, json.loads((output / "results.json").read_text()), process.stdout
 
@@ -61,15 +62,16 @@ def learning_rate(optimizer) -> float:
 
 def test_short_run_writes_every_artifact_with_the_recipe(run) -> None:
     output, results, stdout = run
-    model = results["models"]["deep_bn_cnn"]
+    assert list(results["models"]) == ["deep_bn_cnn-1", "deep_bn_cnn-2", "deep_bn_cnn-ensemble"]
+    model = results["models"]["deep_bn_cnn-1"]
     assert model["params"] == 310_872 and [r["epoch"] for r in model["history"]] == [1, 2, 3]
     assert model["recipe"] == {"epochs": 3, "batch_size": 120, "learning_rate": 1e-3,
                                "final_lr_ratio": pytest.approx(0.98**150), "augment": True}  # fmt: skip
     assert results["workers"] == 2 and results["epochs"] == 3 and results["batch_size"] == 120
-    assert "deep_bn_cnn for 3 epochs, global batch 120 on 2 CPU workers" in stdout
+    assert "deep_bn_cnn for 3 epochs, global batch 120; 2 members each (seeds 7..8), averaged on 2 CPU" in stdout
     assert model["history"][2]["loss"] < model["history"][1]["loss"] < model["history"][0]["loss"]
     assert 0 < model["test_error"] < 0.6  # 48 steps; chance is 0.90
-    folder = output / "deep_bn_cnn"
+    folder = output / "deep_bn_cnn-1"
     assert [int(r["epoch"]) for r in csv.DictReader((folder / "history.csv").open())] == [1, 2, 3]
     assert (folder / "saved_model" / "saved_model.pb").is_file()
     assert (output / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -80,18 +82,40 @@ def test_saved_model_reproduces_the_error_with_averaged_batch_norm_statistics(ru
     import tensorflow as tf
 
     output, results, _ = run
-    reported = results["models"]["deep_bn_cnn"]["test_error"]
+    reported = results["models"]["deep_bn_cnn-1"]["test_error"]
     sample = data.mnist_sample()
-    keras_model = load_model(output / "deep_bn_cnn" / "model.keras")
+    keras_model = load_model(output / "deep_bn_cnn-1" / "model.keras")
     x = models.features(sample.x_test, keras_model)
     assert models.evaluate(keras_model, x, sample.y_test)[1] == pytest.approx(reported, abs=1e-9)
-    serving = tf.saved_model.load(str(output / "deep_bn_cnn" / "saved_model"))
+    serving = tf.saved_model.load(str(output / "deep_bn_cnn-1" / "saved_model"))
     probs = np.concatenate([serving.serve(tf.constant(x[i : i + 500])).numpy() for i in range(0, len(x), 500)])
     assert float((probs.argmax(axis=1) != sample.y_test).mean()) == pytest.approx(reported, abs=1e-9)
     assert int(keras_model.optimizer.iterations) == 3 * STEPS
-    out = run_job("evaluate", "--model-uri", f"file://{output}/deep_bn_cnn", "--data-uri", str(digits))
+    out = run_job("evaluate", "--model-uri", f"file://{output}/deep_bn_cnn-1", "--data-uri", str(digits))
     assert out.returncode == 0, out.stderr
-    assert f"error {results['models']['deep_bn_cnn']['test_error_percent']:.2f}%" in out.stdout
+    assert f"error {results['models']['deep_bn_cnn-1']['test_error_percent']:.2f}%" in out.stdout
+
+
+def test_the_ensemble_averages_its_seeded_members_and_evaluate_scores_it(run, digits) -> None:
+    output, results, stdout = run
+    members = {name: results["models"][name] for name in ("deep_bn_cnn-1", "deep_bn_cnn-2")}
+    ensemble = results["models"]["deep_bn_cnn-ensemble"]
+    assert members["deep_bn_cnn-1"]["history"][0]["loss"] != members["deep_bn_cnn-2"]["history"][0]["loss"]
+    assert ensemble["members"] == list(members) and ensemble["history"] == []
+    assert ensemble["params"] == 2 * 310_872
+    sample = data.mnist_sample()
+    x = models.features(sample.x_test, load_model(output / "deep_bn_cnn-1" / "model.keras"))
+    average = np.mean([load_model(output / name / "model.keras").predict(x, verbose=0) for name in members], axis=0)
+    assert float((average.argmax(axis=1) != sample.y_test).mean()) == pytest.approx(ensemble["test_error"], abs=1e-9)
+    saved = load_model(output / "deep_bn_cnn-ensemble" / "model.keras").predict(x, verbose=0)
+    np.testing.assert_allclose(saved, average, atol=1e-5)
+    assert not (output / "deep_bn_cnn-ensemble" / "history.csv").exists()
+    assert f"deep_bn_cnn-ensemble 2 members averaged: test error {ensemble['test_error_percent']:.2f}%" in stdout
+    assert f"Deep BN CNN ensemble error: {ensemble['test_error_percent']:.2f}%" in stdout
+    out = run_job("evaluate", "--model-uri", f"{output}/deep_bn_cnn-ensemble", "--data-uri", str(digits))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("deep_bn_cnn-ensemble on digits (")
+    assert f"error {ensemble['test_error_percent']:.2f}%" in out.stdout
 
 
 EPOCHS = 4

@@ -76,6 +76,7 @@ CASES: dict[str, dict[str, Any]] = {
             "cpusPerWorker": 0.5,
             "dataset": "fashion_mnist",
             "seed": 11,
+            "ensemble": 3,
             "overwrite": True,
             "metricsPort": 0,
             "maxFailures": -1,
@@ -128,6 +129,7 @@ def expected_config(values: dict[str, Any]) -> TrainConfig:
         output=f"{t['outputBase'].rstrip('/')}/{run_name}",
         run_name=run_name,
         seed=t["seed"],
+        ensemble=t["ensemble"],
         address="auto",  # the driver joins the RayJob's cluster
         overwrite=t["overwrite"],
         metrics_port=t["metricsPort"],

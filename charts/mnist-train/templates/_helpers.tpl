@@ -109,7 +109,7 @@ line gives back exactly these values (a chart test checks it).
 {{- $args = concat $args (list "--data-uri" $t.dataUri) }}
 {{- end }}
 {{- $args = concat $args (list "--output" (include "mnist-train.output" .) "--run-name" (include "mnist-train.runName" .)) }}
-{{- $args = concat $args (list "--seed" (toString (int $t.seed))) }}
+{{- $args = concat $args (list "--seed" (toString (int $t.seed)) "--ensemble" (toString (int $t.ensemble))) }}
 {{- /* The driver runs on the head: join that cluster, never start a private local Ray. */}}
 {{- $args = concat $args (list "--address" "auto") }}
 {{- $args = append $args (ternary "--overwrite" "--no-overwrite" $t.overwrite) }}
