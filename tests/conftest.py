@@ -24,6 +24,15 @@ from promlib import (  # noqa: E402
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _temp_files_in_pytests_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """TensorFlow in this process (autograph writes a .py file per traced function) and every in-process temp file go
+    to pytest's own folder, which it prunes, not the system's. Processes the tests start keep their own TMPDIR."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tmp")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun]:
     """One real local run for every test that reads a finished run: 2 workers, every model, 2 epochs, its /metrics
