@@ -19,7 +19,7 @@ from typing import Any
 
 from job import storage, versions
 from job.checkpoint import MODEL_FILE, SAVED_MODEL, RunState
-from job.config import ConfigError, TrainConfig, display_name
+from job.config import ConfigError, TrainConfig, defaults, display_name
 from job.data import Dataset
 
 RESULTS = "results.json"
@@ -45,6 +45,7 @@ def prepare_output(config: TrainConfig) -> None:
 
 RUN_SETTINGS = "run-settings.json"
 RESUME_KEYS = ("models", "epochs", "batch_size", "seed", "ensemble")
+FIELD_DEFAULTS = defaults(TrainConfig)
 
 
 def _effective(config: TrainConfig) -> dict[str, Any]:
@@ -63,7 +64,9 @@ def claim_run(config: TrainConfig, dataset: Dataset) -> None:
                 **_effective(config), "dataset_sha256": dataset.sha256}  # fmt: skip
     if storage.exists(uri):
         before = json.loads(storage.read_bytes(uri))
-        changed = [f"{k} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v]
+        # A setting added since the run began (e.g. ensemble) had its default then.
+        recorded = {k: before.get(k, FIELD_DEFAULTS.get(k)) for k in settings}
+        changed = [f"{k} {recorded[k]} -> {v}" for k, v in settings.items() if recorded[k] != v]
         if changed:
             raise ConfigError(
                 f"run {config.run_name} at {storage.redact(config.output)} is unfinished and would resume with other "

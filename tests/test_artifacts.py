@@ -15,10 +15,14 @@ def test_claim_run_records_settings_and_refuses_a_changed_resume(tmp_path) -> No
     config = TrainConfig(output=str(tmp_path), run_name="r1", epochs=4, models=("mlp",))
     artifacts.claim_run(config, sample)
     recorded = json.loads((tmp_path / "checkpoints" / "r1" / artifacts.RUN_SETTINGS).read_text())
-    assert recorded == {"models": ["mlp"], "epochs": 4, "batch_size": 200, "seed": 7, "dataset_sha256": sample.sha256}
+    assert recorded == {"models": ["mlp"], "epochs": 4, "batch_size": 200, "seed": 7, "ensemble": 1,
+                        "dataset_sha256": sample.sha256}  # fmt: skip
     artifacts.claim_run(TrainConfig(output=str(tmp_path), run_name="r1", epochs=4, models=("mlp",), workers=1), sample)
     with pytest.raises(ConfigError, match=r"would resume with other settings \(epochs 4 -> 6\)"):
         artifacts.claim_run(TrainConfig(output=str(tmp_path), run_name="r1", epochs=6, models=("mlp",)), sample)
+    with pytest.raises(ConfigError, match=r"\(ensemble 1 -> 3\)"):
+        artifacts.claim_run(TrainConfig(output=str(tmp_path), run_name="r1", epochs=4, models=("mlp",), ensemble=3),
+                            sample)  # fmt: skip
     other = data.Dataset("x", "x", sample.x_train[:400], sample.y_train[:400], sample.x_test, sample.y_test)
     with pytest.raises(ConfigError, match=r"dataset_sha256 "):
         artifacts.claim_run(config, other)
