@@ -196,7 +196,7 @@ class TrainConfig:
         """This config as a worker trains model or member `name`: its epochs and batch size, and its seed (member i of
         an ensemble: seed + i - 1, so member 1 is the model a run without --ensemble trains)."""
         recipe = self.recipe(name)
-        part = name.partition("-")[2]
+        part = _name_parts(name)[1]
         member = int(part) if part.isdigit() else 1
         return replace(self, epochs=recipe.epochs, batch_size=recipe.batch_size, seed=self.seed + member - 1)
 
@@ -208,9 +208,16 @@ class TrainConfig:
         return f"{self.output.removeprefix('file://').rstrip('/')}/run.log" if local else f"{self.run_name}.log"
 
 
+def _name_parts(name: str) -> tuple[str, str]:
+    """('deep_bn_cnn', '2') for a member, ('deep_bn_cnn', 'ensemble') for an ensemble, ('deep_bn_cnn', '') for a model.
+    Model names have no '-', so the first one splits."""
+    model, _, part = name.partition("-")
+    return model, part
+
+
 def model_of(name: str) -> str:
     """The model a member (`deep_bn_cnn-2`) or an ensemble (`deep_bn_cnn-ensemble`) is made of."""
-    return name.partition("-")[0]
+    return _name_parts(name)[0]
 
 
 def is_ensemble(name: str) -> bool:
@@ -219,7 +226,7 @@ def is_ensemble(name: str) -> bool:
 
 def display_name(name: str) -> str:
     """'Deep BN CNN', 'Deep BN CNN #2', 'Deep BN CNN ensemble'."""
-    model, _, part = name.partition("-")
+    model, part = _name_parts(name)
     return DISPLAY_NAMES[model] + ("" if not part else " ensemble" if is_ensemble(name) else f" #{part}")
 
 
