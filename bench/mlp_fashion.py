@@ -1,6 +1,7 @@
 """Benchmark (not a test): the Keras tutorial's scripts against this job, side by side, on the same data.
 
-1. The tutorial's MLP script against the job with 1 and 2 Ray workers, full Fashion-MNIST, 10 epochs.
+1. The tutorial's MLP script against the job in its own process (`--workers 0`, the local default) and with 1 and
+   2 Ray workers, full Fashion-MNIST, 10 epochs.
 2. The tutorial's three scripts run back to back against `mnist-train train` with its defaults (`make train`), on the
    data `make train` uses (full MNIST, or offline the shipped sample).
 
@@ -29,13 +30,14 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-RUNS = {
-    "tutorial": 0,
+RUNS: dict[str, str | int] = {
+    "tutorial": "tutorial",
+    "job-0w": 0,
     "job-1w": 1,
     "job-2w": 2,
-    "tutorial-3": -1,
-    "make-train": -2,
-}  # name -> Ray workers (<= 0: kinds)
+    "tutorial-3": "tutorial-3",
+    "make-train": "make-train",
+}  # name -> the job's --workers (0: in its own process, Ray Train's local mode), or the kind of run
 SAMPLE_S = 0.2
 EPOCH_LINE = re.compile(r"\bmlp\s+epoch\s+(\d+)/\d+")
 # The tutorial's closing lines, shared by its three scripts (the CNN scripts print "CNN Error" instead).
@@ -138,7 +140,7 @@ def make_train_dataset() -> str:
 @dataclass
 class Result:
     name: str
-    workers: int
+    workers: str | int
     wall_s: float = 0.0
     epoch_s: float | None = None  # mean training-loop seconds of epochs 2..E (fit incl. validation)
     cycle_s: float | None = None  # mean gap between consecutive epoch ends, 2..E (adds checkpoint + report)
@@ -219,20 +221,20 @@ def _mean_after_first(values: list[float]) -> float | None:
     return sum(rest) / len(rest) if rest else None
 
 
-def commands(name: str, workers: int, epochs: int, out: Path, data: str) -> list[list[str]]:
+def commands(name: str, workers: str | int, epochs: int, out: Path, data: str) -> list[list[str]]:
     """The subprocesses of one run, started one after the other."""
-    if workers == 0:
+    if workers == "tutorial":
         return [[sys.executable, "-c", tutorial_scripts(epochs, "fashion_mnist")[0]]]
-    if workers == -1:
+    if workers == "tutorial-3":
         return [[sys.executable, "-c", script] for script in tutorial_scripts(epochs, data)]
     job = [sys.executable, "-m", "job", "train", "--output", str(out / "run"), "--run-name", f"bench-{name}"]
-    if workers == -2:
+    if workers == "make-train":
         return [[*job, "--epochs", str(epochs)]]  # everything else as `make train` has it
     return [[*job, "--models", "mlp", "--epochs", str(epochs), "--batch-size", "200", "--workers", str(workers),
              "--dataset", "fashion_mnist"]]  # fmt: skip
 
 
-def run_one(name: str, workers: int, epochs: int, workdir: Path, data: str, sample: bool) -> Result:
+def run_one(name: str, workers: str | int, epochs: int, workdir: Path, data: str, sample: bool) -> Result:
     out = workdir / f"{name}-{'memory' if sample else 'timing'}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -273,7 +275,7 @@ def run_one(name: str, workers: int, epochs: int, workdir: Path, data: str, samp
         print(f"   failed (exit {result.returncode}); log: {out / 'log.txt'}", file=sys.stderr)
         print("".join((out / "log.txt").read_text().splitlines(keepends=True)[-15:]), file=sys.stderr)
         return result
-    if workers in (0, -1):
+    if workers in ("tutorial", "tutorial-3"):
         result.epoch_seconds = [s for b in benches for s in b["epoch_seconds"]]
         result.first_step_s = benches[0]["first_epoch_begin"] - start
         result.exit_s = exited - benches[-1]["epoch_ends"][-1]
@@ -340,20 +342,21 @@ def table(results: dict[str, Result]) -> str:
 
 def targets(results: dict[str, Result]) -> list[tuple[str, float | None, str]]:
     """(what, measured, target) for the goals the job aims at; printed, never asserted."""
-    tut, one, two, tut3, make = (results.get(n) for n in RUNS)
+    tut, zero, one, two, tut3, make = (results.get(n) for n in RUNS)
     rows: list[tuple[str, float | None, str]] = []
-    for job in (one, two):
+    for job in (zero, one, two):
         if job:
             rows.append((f"{job.name} start to first step (s)", job.first_step_s, "<= 10"))
             rows.append((f"{job.name} last epoch to exit (s)", job.exit_s, "<= 3"))
-    if one and tut:
-        rows.append(("job-1w wall / tutorial wall", _ratio(one.wall_s, tut.wall_s), "<= 1.15"))
-        rows.append(("job-1w epoch / tutorial epoch", _ratio(one.epoch_s, tut.epoch_s), "<= 1.00"))
+    for job in (zero, one):
+        if job and tut:
+            rows.append((f"{job.name} wall / tutorial wall", _ratio(job.wall_s, tut.wall_s), "<= 1.15"))
+            rows.append((f"{job.name} epoch / tutorial epoch", _ratio(job.epoch_s, tut.epoch_s), "<= 1.00"))
     if one and two:
         rows.append(("job-2w epoch / job-1w epoch", _ratio(two.epoch_s, one.epoch_s), "<= 1.25 (aim 1.0)"))
     if make and tut3:
         rows.append(("make-train wall / tutorial's 3 scripts wall", _ratio(make.wall_s, tut3.wall_s), "<= 1.3"))
-    for job in (one, two):
+    for job in (zero, one, two):
         if job and tut and job.peak_pss_mb:
             rows.append((f"{job.name} peak PSS / tutorial", _ratio(job.peak_pss_mb, tut.peak_pss_mb), "<= 2"))
     return rows

@@ -19,7 +19,7 @@ from typing import Any
 
 from job import storage, versions
 from job.checkpoint import MODEL_FILE, SAVED_MODEL, RunState
-from job.config import ConfigError, TrainConfig, defaults, display_name
+from job.config import ConfigError, TrainConfig, defaults, display_name, placement
 from job.data import Dataset
 
 RESULTS = "results.json"
@@ -203,7 +203,7 @@ def print_summary(results: dict[str, Any]) -> None:
         )
     ds = results["dataset"]
     print(
-        f"\ndata {ds['name']} ({ds['train_samples']} train / {ds['test_samples']} test), {results['workers']} "
-        f"{'GPU' if results['gpu'] else 'CPU'} workers, wall {results['wall_seconds']:.1f}s"
+        f"\ndata {ds['name']} ({ds['train_samples']} train / {ds['test_samples']} test), "
+        f"{placement(results['workers'], results['gpu'])}, wall {results['wall_seconds']:.1f}s"
     )
     print(f"results: {storage.join(results['config']['output'], RESULTS)}")

@@ -125,7 +125,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "--workers",
         int,
         d["workers"],
-        "Ray Train workers; default: 1 locally (fastest on one machine), 2 on a cluster",
+        "Ray Train workers; 0 trains in this process (Ray Train's local mode, no Ray instance); "
+        "default: 0 locally (fastest on one machine), 2 on a cluster",
     )
     _add_switch(p, "--gpu", "give each worker one GPU")
     _add(

@@ -83,7 +83,7 @@ class TrainConfig:
     models: tuple[str, ...] = TUTORIAL_MODELS
     epochs: int | None = None  # None: each model's recipe (RECIPES)
     batch_size: int | None = None  # global; None: each model's recipe
-    workers: int | None = None  # None: 1 in local mode (fastest on one machine, see README), 2 on a cluster
+    workers: int | None = None  # None: 0 locally (Ray Train's local mode: this process; see README), 2 on a cluster
     gpu: bool = False
     cpus_per_worker: float | None = None  # None: this machine's cores shared out in local mode, 1 on a cluster
     dataset: str = "mnist"
@@ -118,16 +118,21 @@ class TrainConfig:
             raise ConfigError(f"--models lists a model twice: {','.join(self.models)}")
         if self.epochs is not None:
             _check_range("--epochs", self.epochs, 1, MAX_EPOCHS)
-        _check_range("--workers", self.workers, 1, MAX_WORKERS)
+        _check_range("--workers", self.workers, 0, MAX_WORKERS, " (0 trains in this process)")
+        if self.in_process and self.address:
+            raise ConfigError(
+                "--workers 0 trains in this process (Ray Train's local mode) and cannot join --address; "
+                "give --workers 1 or more"
+            )
         if self.batch_size is not None:
             _check_range("--batch-size", self.batch_size, 1, 1_000_000)
-            if self.batch_size % self.workers:
+            if self.batch_size % max(self.workers, 1):
                 raise ConfigError(
                     f"--batch-size {self.batch_size} does not split evenly over {self.workers} workers; "
                     f"use a multiple of {self.workers} (the batch size is global, shared by all workers)"
                 )
         for name in self.models:
-            if self.recipe(name).batch_size % self.workers:
+            if self.recipe(name).batch_size % max(self.workers, 1):
                 raise ConfigError(
                     f"{name}'s default global batch {RECIPES[name].batch_size} does not split evenly over "
                     f"{self.workers} workers; pass --batch-size with a multiple of {self.workers}"
@@ -166,12 +171,17 @@ class TrainConfig:
         """The defaults that depend on other settings or on the machine: the one place they are computed."""
         local = not self.address
         if self.workers is None:
-            object.__setattr__(self, "workers", 1 if local else 2)
+            object.__setattr__(self, "workers", 0 if local else 2)
         if self.cpus_per_worker is None:
             shared = float(max(1, (os.cpu_count() or 1) // max(self.workers, 1)))
             object.__setattr__(self, "cpus_per_worker", shared if local else 1.0)
         if self.output is None:
             object.__setattr__(self, "output", os.path.join("artifacts", self.run_name))
+
+    @property
+    def in_process(self) -> bool:
+        """--workers 0: Ray Train's local mode, the training function in this process, no Ray instance."""
+        return self.workers == 0
 
     def members(self, model: str) -> tuple[str, ...]:
         """What the workers train for `model`: the model itself, or with --ensemble K its members `<model>-1` .. K."""
@@ -228,6 +238,12 @@ def display_name(name: str) -> str:
     """'Deep BN CNN', 'Deep BN CNN #2', 'Deep BN CNN ensemble'."""
     model, part = _name_parts(name)
     return DISPLAY_NAMES[model] + ("" if not part else " ensemble" if is_ensemble(name) else f" #{part}")
+
+
+def placement(workers: int, gpu: bool) -> str:
+    """'on 2 CPU workers', or 'in this process on CPU' for --workers 0: for the plan and the summary."""
+    device = "GPU" if gpu else "CPU"
+    return f"in this process on {device}" if workers == 0 else f"on {workers} {device} worker{'s' * (workers > 1)}"
 
 
 def defaults(config_class: type) -> dict[str, Any]:

@@ -8,9 +8,12 @@ to the log file, or to the console too with --verbose.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,6 +37,37 @@ def setup(log_file: Path, verbose: bool) -> TextIO:
     for noisy in ("tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     return stream
+
+
+@contextlib.contextmanager
+def stderr_to_log(log: TextIO, verbose: bool) -> Iterator[None]:
+    """Training in this process (--workers 0): TensorFlow's C++ logs write to file descriptor 2 directly, so point it
+    at the log file (unless --verbose); the job's console handler keeps writing to the terminal."""
+    if verbose:
+        yield
+        return
+    sys.stderr.flush()
+    terminal_fd = os.dup(2)
+    terminal = os.fdopen(terminal_fd, "w", buffering=1)
+    ours = [h for h in logging.getLogger().handlers if getattr(h, "stream", None) is sys.stderr and _on_fd2(h.stream)]
+    for handler in ours:
+        handler.setStream(terminal)
+    os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal_fd, 2)
+        for handler in ours:
+            handler.setStream(sys.stderr)
+        terminal.close()
+
+
+def _on_fd2(stream: TextIO) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (OSError, ValueError):  # a stream with no descriptor (a test's capture) does not go through fd 2
+        return False
 
 
 def adopt_ray_logger() -> None:

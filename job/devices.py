@@ -43,7 +43,7 @@ def check_gpus(want_gpu: bool) -> list[Any]:
 
     gpus = tf.config.list_physical_devices("GPU")
     if want_gpu and not gpus:
-        assigned = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+        assigned = os.environ.get("CUDA_VISIBLE_DEVICES")  # None in this process (--workers 0): Ray assigned none
         if not tf.test.is_built_with_cuda():
             why = "this TensorFlow build has no CUDA support; install tensorflow[and-cuda] (the GPU image has it)"
         else:
@@ -51,9 +51,8 @@ def check_gpus(want_gpu: bool) -> list[Any]:
                 "no CUDA device or CUDA libraries found; use the GPU image (tensorflow[and-cuda]) on a node with a "
                 "working NVIDIA driver"
             )
-        raise DeviceError(
-            f"Ray assigned GPU {assigned} to this worker but TensorFlow sees no GPU: {why}; refusing to train on CPU"
-        )
+        given = "--gpu was given" if assigned is None else f"Ray assigned GPU {assigned} to this worker"
+        raise DeviceError(f"{given} but TensorFlow sees no GPU: {why}; refusing to train on CPU")
     return gpus
 
 

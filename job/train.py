@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from job import artifacts, cluster, console, storage
-from job.config import ConfigError, TrainConfig
+from job.config import ConfigError, TrainConfig, placement
 from job.data import Dataset, load
 
 log = logging.getLogger("mnist-train")
@@ -38,15 +38,38 @@ def run(config: TrainConfig, dataset: Dataset, log_stream: TextIO) -> dict[str, 
     """Train on Ray and write the artifacts; return results.json's content. Errors propagate to the CLI."""
     started = time.time()
     _print_plan(config, dataset)
-    with _ray_session(config, log_stream), tempfile.TemporaryDirectory(prefix="mnist-final-") as final:
-        _fit(config, dataset, Path(final))
+    session = (
+        console.stderr_to_log(log_stream, config.verbose) if config.in_process else _ray_session(config, log_stream)
+    )
+    with session, tempfile.TemporaryDirectory(prefix="mnist-final-") as final:
+        saved = _fit_in_process(config, dataset) if config.in_process else _fit_on_ray(config, dataset)
+        if saved is None:
+            raise RuntimeError("training ended without a checkpoint")
+        saved.to_directory(final)
         results = artifacts.write(config, dataset, Path(final), started=started)
     artifacts.print_summary(results)
     return results
 
 
-def _fit(config: TrainConfig, dataset: Dataset, final: Path) -> None:
-    """Run train_loop_per_worker on the Ray Train workers; download the final checkpoint into `final`."""
+def _fit_in_process(config: TrainConfig, dataset: Dataset) -> Any:
+    """--workers 0: train_loop_per_worker in this process (Ray Train's local mode); its last checkpoint."""
+    from job import inprocess
+    from job.worker import train_loop_per_worker
+
+    os.environ.update(WORKER_ENV)
+    if config.gpu:  # the one check the Ray path makes on the cluster's resources and in a GPU task
+        from job import devices
+
+        try:
+            devices.check_gpus(True)
+        except devices.DeviceError as err:
+            raise ConfigError(str(err)) from None
+    run_uri = storage.join(config.output, "checkpoints", config.run_name)
+    return inprocess.fit(train_loop_per_worker, {"config": config, "data": dataset}, run_uri, config.run_name)
+
+
+def _fit_on_ray(config: TrainConfig, dataset: Dataset) -> Any:
+    """Run train_loop_per_worker on the Ray Train workers; the final checkpoint."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
@@ -75,10 +98,7 @@ def _fit(config: TrainConfig, dataset: Dataset, final: Path) -> None:
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError("training ended without a checkpoint")
-    result.checkpoint.to_directory(str(final))
+    return trainer.fit().checkpoint
 
 
 def _local_trainer(base: type) -> type:
@@ -183,6 +203,8 @@ def _ray_session(config: TrainConfig, log_stream: TextIO) -> Iterator[None]:
 
 def _print_plan(config: TrainConfig, dataset: Dataset) -> None:
     where = f"Ray cluster {config.address}" if config.address else "a local Ray instance"
+    if config.in_process:
+        where = "Ray Train's local mode; --workers 1 or more for Ray workers"
     plans: dict[tuple[int, int], list[str]] = {}  # models that share epochs and batch size, in one phrase
     for name in config.models:
         plans.setdefault((config.recipe(name).epochs, config.recipe(name).batch_size), []).append(name)
@@ -190,7 +212,7 @@ def _print_plan(config: TrainConfig, dataset: Dataset) -> None:
     if config.ensemble > 1:
         plan += f"; {config.ensemble} members each (seeds {config.seed}..{config.seed + config.ensemble - 1}), averaged"
     print(
-        f"run {config.run_name}: {plan} on {config.workers} {'GPU' if config.gpu else 'CPU'} workers ({where})\n"
+        f"run {config.run_name}: {plan} {placement(config.workers, config.gpu)} ({where})\n"
         f"data {dataset.name}: {len(dataset.y_train)} train / {len(dataset.y_test)} test; "
         f"output {storage.redact(config.output)}",
         flush=True,

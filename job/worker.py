@@ -29,6 +29,7 @@ class Worker:
     dataset: Dataset
     strategy: Any  # tf.distribute.MultiWorkerMirroredStrategy
     rank: int
+    size: int  # workers training together (1 in this process)
     workdir: Path  # removed when the worker's loop ends
     state: RunState
     restored: Path | None  # the checkpoint this run resumed from, until the model it holds is loaded
@@ -41,26 +42,29 @@ class Worker:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    previous = tempfile.tempdir  # in this process (--workers 0), the driver's own
     with tempfile.TemporaryDirectory(prefix="mnist-worker-") as workdir:
         tempfile.tempdir = workdir  # TensorFlow's autograph writes a .py file per traced function to the temp folder
         try:
             _train_all(loop_config["config"], loop_config["data"], Path(workdir))
         finally:
-            tempfile.tempdir = None
+            tempfile.tempdir = previous
 
 
-def _train_all(config: TrainConfig, data_ref: Any, workdir: Path) -> None:
+def _train_all(config: TrainConfig, data: Any, workdir: Path) -> None:
+    """`data` is the Dataset itself in this process (--workers 0), else its Ray object reference."""
     import ray
     import ray.train
 
     strategy, device_info = devices.make_strategy(config)  # before any other TensorFlow op
-    _quiet_logs()
+    if not config.in_process:
+        _quiet_logs()
     context = ray.train.get_context()
-    dataset: Dataset = ray.get(data_ref)
+    dataset: Dataset = data if isinstance(data, Dataset) else ray.get(data)
     state, restored = _restore(ray.train.get_checkpoint(), workdir)
-    rank = context.get_world_rank()
-    exporter = WorkerMetrics(config, rank, context.get_world_size(), dataset.name, device_info)
-    worker = Worker(config, dataset, strategy, rank, workdir, state, restored, exporter, device_info)
+    rank, size = context.get_world_rank(), context.get_world_size()
+    exporter = WorkerMetrics(config, rank, size, dataset.name, device_info)
+    worker = Worker(config, dataset, strategy, rank, size, workdir, state, restored, exporter, device_info)
     try:
         for name in config.outputs:
             if name not in state.finished:
@@ -70,7 +74,8 @@ def _train_all(config: TrainConfig, data_ref: Any, workdir: Path) -> None:
 
 
 def _quiet_logs() -> None:
-    """The job's log lines go to stdout, which the driver shows; Ray's and TF's go to stderr, which it only logs."""
+    """In a Ray worker: the job's log lines go to stdout, which the driver shows; Ray's and TF's go to stderr, which it
+    only logs."""
     import tensorflow as tf
 
     logging.getLogger().setLevel(logging.WARNING)
@@ -181,7 +186,7 @@ def _train_data(worker: Worker, config: TrainConfig, name: str, pixels: Any, epo
     import tensorflow as tf
 
     y = worker.dataset.y_train
-    idx = epoch_indices(len(y), epoch, config.seed, worker.rank, config.workers, config.batch_size)
+    idx = epoch_indices(len(y), epoch, config.seed, worker.rank, worker.size, config.batch_size)
     labels = tf.constant(y)
 
     def gather(ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:

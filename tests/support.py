@@ -11,6 +11,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Every line the job itself may print on the console (stdout and stderr); anything else is Ray's or TensorFlow's.
+JOB_LINES = [
+    r"log: \S+",
+    r"run \S+: [\w, ]+ for \d+ epochs, global batch \d+ (on \d+ (CPU|GPU) workers?|in this process on (CPU|GPU))"
+    r" \(.*\)",
+    r"data \S+: \d+ train / \d+ test; output \S+",
+    r"INFO: starting a local Ray instance with \d+ CPUs for \d+ workers",
+    r"\w+ +epoch +\d+/\d+  loss [\d.]+  acc [\d.]+  val_loss [\d.]+  val_acc [\d.]+ +[\d.]+s +\d+ samples/s",
+    r"(MLP|Simple CNN|Large CNN) error: [\d.]+%",
+    r"model +test error +test loss +params +epochs +train s +s/epoch",
+    r"\w+ +[\d.]+% +[\d.]+ +[\d,]+ +\d+ +[\d.]+ +[\d.]+",
+    r"data \S+ \(\d+ train / \d+ test\), (on \d+ (CPU|GPU) workers?|in this process on (CPU|GPU)), wall [\d.]+s",
+    r"results: \S+",
+    r"INFO: rank \d+: (serving /metrics on :\d+|port \d+ is in use, took the next free one)",
+    r"",
+]
+
 
 def free_port() -> int:
     with socket.socket() as sock:

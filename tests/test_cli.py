@@ -24,11 +24,13 @@ def test_defaults_are_the_tutorials() -> None:
     assert config.seed == 7
     assert config.models == ("mlp", "cnn", "large_cnn") and config.dataset == "mnist"
     assert config.output == f"artifacts/{config.run_name}"
-    # Computed defaults: one worker with every core locally (measured fastest there), two on a cluster.
-    assert (config.workers, config.cpus_per_worker) == (1, float(os.cpu_count() or 1))
+    # Computed defaults: locally, this process (Ray Train's local mode) with every core (measured fastest there);
+    # two workers on a cluster.
+    assert (config.workers, config.cpus_per_worker) == (0, float(os.cpu_count() or 1)) and config.in_process
     cluster = cli.parse(["train", "--address", "10.0.0.1:6379"])
     assert (cluster.workers, cluster.cpus_per_worker) == (2, 1.0)
-    assert TrainConfig(output="/tmp/x").workers == 1  # a config built in code is resolved the same way
+    assert not cluster.in_process
+    assert TrainConfig(output="/tmp/x").workers == 0  # a config built in code is resolved the same way
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.epochs = 3
 
@@ -108,7 +110,8 @@ def test_every_flag_has_a_documented_env_twin() -> None:
         (["--epochs", "0"], {}, "--epochs must be between 1 and 1000, got 0"),
         (["--epochs", "-3"], {}, "--epochs must be between 1 and 1000, got -3"),
         (["--epochs", "100000"], {}, "--epochs must be between 1 and 1000, got 100000"),
-        (["--workers", "0"], {}, "--workers must be between 1 and 1024, got 0"),
+        (["--workers", "-1"], {}, "--workers must be between 0 and 1024, got -1"),
+        (["--workers", "0", "--address", "10.0.0.1:6379"], {}, "--workers 0 trains in this process"),
         (["--workers", "4", "--batch-size", "2"], {}, "--batch-size 2 does not split evenly over 4 workers"),
         (
             ["--models", "deep_bn_cnn", "--workers", "7"],
@@ -152,4 +155,4 @@ def test_bad_input_stops_before_ray_starts(tmp_path) -> None:
 
 def test_config_validates_directly_too() -> None:
     with pytest.raises(ValueError, match="--workers must be between"):
-        TrainConfig(workers=0, output="o")
+        TrainConfig(workers=-1, output="o")

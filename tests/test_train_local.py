@@ -10,7 +10,7 @@ import pytest
 from job import data, models
 from job.config import DISPLAY_NAMES
 
-from support import run_job
+from support import JOB_LINES, run_job
 
 ERROR_BOUND = {"mlp": 0.15, "cnn": 0.20, "large_cnn": 0.30}  # 2 epochs on 4,000 digits; chance is 0.90
 
@@ -98,22 +98,6 @@ def test_evaluate_command_prints_the_same_error(sample_run, tmp_path) -> None:
     assert f"error {percent:.2f}%" in out.stdout
     missing = run_job("evaluate", "--model-uri", str(sample_run.output / "nope"))
     assert missing.returncode == 2 and "no model.keras at" in missing.stderr
-
-
-JOB_LINES = [
-    r"log: \S+",
-    r"run \S+: [\w, ]+ for \d+ epochs, global batch \d+ on \d+ (CPU|GPU) workers \(.*\)",
-    r"data \S+: \d+ train / \d+ test; output \S+",
-    r"INFO: starting a local Ray instance with \d+ CPUs for \d+ workers",
-    r"\w+ +epoch +\d+/\d+  loss [\d.]+  acc [\d.]+  val_loss [\d.]+  val_acc [\d.]+ +[\d.]+s +\d+ samples/s",
-    r"(MLP|Simple CNN|Large CNN) error: [\d.]+%",
-    r"model +test error +test loss +params +epochs +train s +s/epoch",
-    r"\w+ +[\d.]+% +[\d.]+ +[\d,]+ +\d+ +[\d.]+ +[\d.]+",
-    r"data \S+ \(\d+ train / \d+ test\), \d+ (CPU|GPU) workers, wall [\d.]+s",
-    r"results: \S+",
-    r"INFO: rank \d+: (serving /metrics on :\d+|port \d+ is in use, took the next free one)",
-    r"",
-]
 
 
 def test_the_console_shows_only_the_jobs_own_lines_and_the_log_file_has_the_rest(sample_run) -> None:
