@@ -20,6 +20,10 @@ from job.config import TrainConfig, is_ensemble, model_of
 from job.data import Dataset, epoch_indices
 from job.metrics import WorkerMetrics
 
+# Epochs per `model.fit` call: each call costs about 0.6 s of set-up on a 2-core CPU (bench/README.md), a third of an
+# MLP epoch; a call's data is built ahead, one index array per epoch.
+EPOCHS_PER_FIT = 10
+
 
 @dataclass
 class Worker:
@@ -117,22 +121,40 @@ def _train_model(worker: Worker, name: str) -> None:
     worker.restored = None
     pixels = tf.constant(dataset.x_train.reshape(-1, *model.input_shape[1:]))  # as stored: uint8 is 4x smaller
     val = _validation_data(models.features(dataset.x_test, model), dataset.y_test, config.batch_size)
-    last_saved = time.perf_counter()
-    for epoch in range(len(worker.state.history), config.epochs):
-        started, started_at = time.perf_counter(), time.time()
-        train = _train_data(worker, config, name, pixels, epoch)
-        logs = model.fit(train, validation_data=val, steps_per_epoch=steps, initial_epoch=epoch, epochs=epoch + 1,
-                         verbose=0).history  # fmt: skip
-        seconds = time.perf_counter() - started
-        used = consumed.close_epoch(epoch + 1, expected=steps * config.batch_size, global_batch=config.batch_size)
-        record = {"epoch": epoch + 1, **{k: float(v[-1]) for k, v in logs.items()}, "seconds": round(seconds, 3),
-                  "started_at": round(started_at, 3), **used.summary(seconds)}  # fmt: skip
+    each_epoch = _each_epoch(worker, name, config, tf_checkpoint, consumed.close_epoch, steps)
+    for first in range(len(worker.state.history), config.epochs, EPOCHS_PER_FIT):
+        span = range(first, min(first + EPOCHS_PER_FIT, config.epochs))
+        model.fit(_train_data(worker, config, name, pixels, span), validation_data=val, steps_per_epoch=steps,
+                  initial_epoch=span.start, epochs=span.stop, callbacks=[each_epoch], verbose=0)  # fmt: skip
+    # The last epoch's report comes after `fit` has returned: it exports and evaluates the model (slow inside fit).
+    _report(worker, name, worker.state.history[-1], None, model)
+
+
+def _each_epoch(
+    worker: Worker, name: str, config: TrainConfig, tf_checkpoint: Any, close_epoch: Any, steps: int
+) -> Any:
+    """The Keras callback that closes each epoch: the ledger's check, the record, metrics, and (but for the last
+    epoch, reported once `fit` returns) the report with a checkpoint every --checkpoint-interval."""
+    import tf_keras
+
+    progress = {"saved": time.perf_counter()}
+
+    def epoch_begin(epoch: int, logs: Any = None) -> None:
+        progress.update(started=time.perf_counter(), started_at=time.time())
+
+    def epoch_end(epoch: int, logs: dict[str, Any]) -> None:
+        seconds = time.perf_counter() - progress["started"]
+        used = close_epoch(epoch + 1, expected=steps * config.batch_size, global_batch=config.batch_size)
+        record = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}, "seconds": round(seconds, 3),
+                  "started_at": round(progress["started_at"], 3), **used.summary(seconds)}  # fmt: skip
         worker.state.history.append(record)
         worker.exporter.record_epoch(name, record, local_examples=used.local_examples)
-        final = epoch + 1 == config.epochs
-        save = final or _chief_seconds_since(worker, last_saved) >= config.checkpoint_interval
-        _report(worker, name, record, tf_checkpoint if save else None, model if final else None)
-        last_saved = time.perf_counter() if save else last_saved
+        if epoch + 1 < config.epochs:
+            save = _chief_seconds_since(worker, progress["saved"]) >= config.checkpoint_interval
+            _report(worker, name, record, tf_checkpoint if save else None, None)
+            progress["saved"] = time.perf_counter() if save else progress["saved"]
+
+    return tf_keras.callbacks.LambdaCallback(on_epoch_begin=epoch_begin, on_epoch_end=epoch_end)
 
 
 def _build_ensemble(worker: Worker, name: str) -> None:
@@ -177,8 +199,9 @@ def _chief_seconds_since(worker: Worker, started: float) -> float:
     return float(total)
 
 
-def _train_data(worker: Worker, config: TrainConfig, name: str, pixels: Any, epoch: int) -> Any:
-    """This worker's shard of the epoch as (image, label, example id), in per-replica batches of fixed shape.
+def _train_data(worker: Worker, config: TrainConfig, name: str, pixels: Any, epochs: range) -> Any:
+    """This worker's shards of `epochs`, one after the other, as (image, label, example id) in per-replica batches of
+    fixed shape.
 
     The batches are gathered by index from the training set, held once per model as stored (uint8: a quarter of the
     float32 size), and scaled to 0-1 per batch.
@@ -186,7 +209,7 @@ def _train_data(worker: Worker, config: TrainConfig, name: str, pixels: Any, epo
     import tensorflow as tf
 
     y = worker.dataset.y_train
-    idx = epoch_indices(len(y), epoch, config.seed, worker.rank, worker.size, config.batch_size)
+    shards = {e: epoch_indices(len(y), e, config.seed, worker.rank, worker.size, config.batch_size) for e in epochs}
     labels = tf.constant(y)
 
     def gather(ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -194,16 +217,24 @@ def _train_data(worker: Worker, config: TrainConfig, name: str, pixels: Any, epo
         x = tf.cast(x, tf.float32) / 255.0 if x.dtype == tf.uint8 else x
         return x, tf.gather(labels, ids), ids
 
-    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-        # The global batch: the context divides it by the replicas in sync (workers x devices per worker).
-        batch = input_context.get_per_replica_batch_size(config.batch_size)
-        ids = tf.data.Dataset.from_tensor_slices(idx).batch(batch, drop_remainder=True)
-        ds = ids.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    def one_epoch(epoch: int, batch: int) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices(shards[epoch]).batch(batch, drop_remainder=True)
+        ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
         if config.recipe(name).augment:
             from job.augment import augment, epoch_seed, policy
 
             ds = augment(ds, epoch_seed(config.seed, epoch, worker.rank), policy(worker.dataset.name))
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return ds
+
+    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        # The global batch: the context divides it by the replicas in sync (workers x devices per worker).
+        batch = input_context.get_per_replica_batch_size(config.batch_size)
+        parts = [one_epoch(epoch, batch) for epoch in epochs]
+        while len(parts) > 1:  # pairwise, so the nesting stays shallow
+            parts = [a.concatenate(b) for a, b in zip(parts[::2], parts[1::2], strict=False)] + parts[
+                len(parts) // 2 * 2 :
+            ]
+        return parts[0].prefetch(tf.data.AUTOTUNE)
 
     return worker.strategy.distribute_datasets_from_function(dataset_fn)
 

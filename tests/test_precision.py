@@ -9,7 +9,7 @@ import zipfile
 
 from support import run_job
 
-ARGS = ("train", "--dataset", "mnist-sample", "--models", "mlp", "--epochs", "5", "--workers", "2")
+ARGS = ("train", "--dataset", "mnist-sample", "--models", "mlp", "--epochs", "5")  # in this process: the local default
 
 
 def train(tmp_path, name: str, *extra: str) -> dict:
