@@ -219,7 +219,7 @@ def _train_data(worker: Worker, config: TrainConfig, name: str, pixels: Any, epo
 
     def one_epoch(epoch: int, batch: int) -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices(shards[epoch]).batch(batch, drop_remainder=True)
-        ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)  # autotuner off: TF picks a fixed default
+        ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
         if config.recipe(name).augment:
             from job.augment import augment, epoch_seed, policy
 
@@ -233,8 +233,7 @@ def _train_data(worker: Worker, config: TrainConfig, name: str, pixels: Any, epo
         while len(parts) > 1:  # pairwise, so the nesting stays shallow
             pairs = [parts[i : i + 2] for i in range(0, len(parts), 2)]
             parts = [pair[0].concatenate(pair[1]) if len(pair) == 2 else pair[0] for pair in pairs]
-        # One execution's batches ahead (Keras takes --steps-per-execution batches per call).
-        return parts[0].prefetch(config.steps_per_execution).with_options(_without_autotune())
+        return parts[0].prefetch(tf.data.AUTOTUNE)
 
     return worker.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -243,19 +242,9 @@ def _validation_data(x: Any, y: Any, global_batch: int) -> Any:
     """The full test set; Keras shards it by element across workers and handles the partial last batch."""
     import tensorflow as tf
 
-    options = _without_autotune()
+    options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch).with_options(options)
-
-
-def _without_autotune() -> Any:
-    """tf.data options with the autotuner off. It re-plans on a period that doubles up to 60 s, and an iterator that is
-    done waits for its next wake-up: measured, 13-62 s of stall after a 10-epoch `fit` returned."""
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return options
 
 
 def _report(worker: Worker, name: str, record: dict[str, Any], tf_checkpoint: Any, final_model: Any) -> None:
