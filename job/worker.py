@@ -126,7 +126,7 @@ def _train_model(worker: Worker, name: str) -> None:
         span = range(first, min(first + EPOCHS_PER_FIT, config.epochs))
         model.fit(_train_data(worker, config, name, pixels, span), validation_data=val, steps_per_epoch=steps,
                   initial_epoch=span.start, epochs=span.stop, callbacks=[each_epoch], verbose=0)  # fmt: skip
-    # The last epoch's report comes after `fit` has returned: it exports and evaluates the model (slow inside fit).
+    # The last epoch is reported once `fit` has returned, with the exported model and its test error.
     _report(worker, name, worker.state.history[-1], None, model)
 
 
