@@ -30,12 +30,10 @@ class _PersistingFnUtils(LocalTrainFnUtils):
     def __init__(self, run_uri: str, experiment_name: str) -> None:
         super().__init__(experiment_name=experiment_name)
         self._run_uri = run_uri
-        self._kept: list[str] = []
-        self._index = 0
+        self._kept: list[str] = []  # checkpoint_000001, ...: the complete checkpoints, newest last
         pointer = storage.join(run_uri, LATEST)
         if storage.exists(pointer):
-            latest = json.loads(storage.read_bytes(pointer))
-            self._kept, self._index = latest["kept"], latest["index"]
+            self._kept = json.loads(storage.read_bytes(pointer))["kept"]
             self._last_checkpoint = _checkpoint(storage.join(run_uri, self._kept[-1]))
 
     def report(self, metrics: dict[str, Any], checkpoint: Checkpoint | None = None, **kwargs: Any) -> None:
@@ -44,17 +42,17 @@ class _PersistingFnUtils(LocalTrainFnUtils):
         super().report(metrics, checkpoint=checkpoint, **kwargs)
 
     def _persist(self, checkpoint: Checkpoint) -> Checkpoint:
-        self._index += 1
-        name = f"checkpoint_{self._index:06d}"
+        index = int(self._kept[-1].rpartition("_")[2]) + 1 if self._kept else 1
+        name = f"checkpoint_{index:06d}"
         uri = storage.join(self._run_uri, name)
         storage.delete(uri)  # what a killed run left half-written under this name
         storage.upload_dir(checkpoint.path, uri)
-        kept, dropped = [*self._kept, name][-KEEP:], self._kept[: max(0, len(self._kept) + 1 - KEEP)]
-        pointer = json.dumps({"index": self._index, "kept": kept}).encode()
+        kept = [*self._kept, name]
+        pointer = json.dumps({"kept": kept[-KEEP:]}).encode()
         storage.write_bytes(storage.join(self._run_uri, LATEST), pointer)  # only now is it the one to resume from
-        for old in dropped:
+        for old in kept[:-KEEP]:
             storage.delete(storage.join(self._run_uri, old))
-        self._kept = kept
+        self._kept = kept[-KEEP:]
         return _checkpoint(uri)
 
 

@@ -38,6 +38,7 @@ def run(config: TrainConfig, dataset: Dataset, log_stream: TextIO) -> dict[str, 
     """Train on Ray and write the artifacts; return results.json's content. Errors propagate to the CLI."""
     started = time.time()
     _print_plan(config, dataset)
+    os.environ.update(WORKER_ENV)  # this process trains (--workers 0), or local Ray workers inherit it
     session = (
         console.stderr_to_log(log_stream, config.verbose) if config.in_process else _ray_session(config, log_stream)
     )
@@ -54,18 +55,14 @@ def run(config: TrainConfig, dataset: Dataset, log_stream: TextIO) -> dict[str, 
 def _fit_in_process(config: TrainConfig, dataset: Dataset) -> Any:
     """--workers 0: train_loop_per_worker in this process (Ray Train's local mode); its last checkpoint."""
     from job import inprocess
+    from job.devices import DeviceError
     from job.worker import train_loop_per_worker
 
-    os.environ.update(WORKER_ENV)
-    if config.gpu:  # the one check the Ray path makes on the cluster's resources and in a GPU task
-        from job import devices
-
-        try:
-            devices.check_gpus(True)
-        except devices.DeviceError as err:
-            raise ConfigError(str(err)) from None
     run_uri = storage.join(config.output, "checkpoints", config.run_name)
-    return inprocess.fit(train_loop_per_worker, {"config": config, "data": dataset}, run_uri, config.run_name)
+    try:
+        return inprocess.fit(train_loop_per_worker, {"config": config, "data": dataset}, run_uri, config.run_name)
+    except DeviceError as err:  # --gpu without a GPU: raised before the first step, a bad input as on the Ray path
+        raise ConfigError(str(err)) from None
 
 
 def _fit_on_ray(config: TrainConfig, dataset: Dataset) -> Any:
@@ -176,7 +173,6 @@ def _ray_session(config: TrainConfig, log_stream: TextIO) -> Iterator[None]:
     import ray
 
     console.adopt_ray_logger()
-    os.environ.update(WORKER_ENV)
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(config.start_timeout))
     # Ray Train's controller collects each worker's report every 2 s by default, and a worker's next report waits
     # for it: with epochs of a second that cost up to 1.7 s per epoch. Ray passes this on to its controller.
@@ -202,9 +198,10 @@ def _ray_session(config: TrainConfig, log_stream: TextIO) -> Iterator[None]:
 
 
 def _print_plan(config: TrainConfig, dataset: Dataset) -> None:
-    where = f"Ray cluster {config.address}" if config.address else "a local Ray instance"
-    if config.in_process:
-        where = "Ray Train's local mode; --workers 1 or more for Ray workers"
+    where = (
+        "Ray Train's local mode; --workers 1 or more for Ray workers" if config.in_process
+        else f"Ray cluster {config.address}" if config.address else "a local Ray instance"
+    )  # fmt: skip
     plans: dict[tuple[int, int], list[str]] = {}  # models that share epochs and batch size, in one phrase
     for name in config.models:
         plans.setdefault((config.recipe(name).epochs, config.recipe(name).batch_size), []).append(name)
