@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from live_run import SNAPSHOT, CuttableProxy, LiveRun, MotoServer, epochs_printed, wait_registered
+from promlib import free_port_range
 
 from job import data
-
-from support import free_port
 
 KEY_ID, SECRET = "AKIARELIABLE0TEST4711", "Zebra-Quokka-s3cr3t-fake-0815"
 BUCKET, RUN = "runs", "s3-run"
@@ -79,7 +78,7 @@ def scrape_until_exit(run: LiveRun, ports: list[int]) -> str:
 @pytest.fixture(scope="module")
 def resumed(moto: MotoServer) -> dict:
     """Run, kill the driver once epoch 2's checkpoint is in the bucket, run the same command again."""
-    port = free_port()
+    port = free_port_range(2)  # the two workers take the port and the next one
     env = {**moto.env(KEY_ID, SECRET), "MNIST_TRAIN_METRICS_PORT": str(port)}
     with LiveRun(*command("--epochs", str(EPOCHS)), env=env) as first:
         first.wait_for(rf"mlp\s+epoch\s+2/{EPOCHS}")
