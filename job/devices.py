@@ -15,15 +15,23 @@ class DeviceError(RuntimeError):
     """The worker cannot train on the devices it was given; the message says why and how to fix it."""
 
 
-def make_strategy(config: TrainConfig) -> tuple[Any, dict[str, Any]]:
-    """MultiWorkerMirroredStrategy with NCCL on GPUs and the ring on CPUs, plus what this worker trains on."""
+def make_strategy(config: TrainConfig, workers: int) -> tuple[Any, dict[str, Any]]:
+    """MultiWorkerMirroredStrategy with NCCL on GPUs and the ring on CPUs, plus what this worker trains on.
+
+    One worker on one device has nothing to mirror, so it gets TensorFlow's default strategy: MWMS would feed each step
+    through a multi-device iterator, whose tf.data autotuner left `fit` idle for up to 60 s when it returned
+    (bench/README.md).
+    """
     import tensorflow as tf
 
-    info = describe(check_gpus(config.gpu))
+    gpus = check_gpus(config.gpu)
+    info = describe(gpus)
     if config.mixed_precision:
         import tf_keras
 
         tf_keras.mixed_precision.set_global_policy("mixed_float16" if config.gpu else "mixed_bfloat16")
+    if workers == 1 and len(gpus) <= 1:
+        return tf.distribute.get_strategy(), {**info, "collective": "none"}
     implementation = tf.distribute.experimental.CommunicationImplementation
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=implementation.NCCL if config.gpu else implementation.RING
