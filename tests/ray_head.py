@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ from pathlib import Path
 from support import free_port
 
 VENV_BIN = str(Path(sys.executable).parent)
+# `ray start --block` drains for up to 30 s after SIGTERM; nothing is asserted after the teardown, so it is cut short.
+STOP_GRACE_S = 5
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,11 @@ class RayHead:
 
 @contextlib.contextmanager
 def ray_head(*extra: str) -> Iterator[RayHead]:
+    # TMPDIR, Ray's sessions included, for the head and the jobs run against it: removed at the end, whatever was
+    # killed. Short, for Ray's socket paths.
+    tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # fmt: skip
+           "RAY_AUTH_TOKEN": secrets.token_hex(16), "TMPDIR": tmp}  # fmt: skip
     port, dashboard = free_port(), free_port()
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
@@ -44,10 +51,11 @@ def ray_head(*extra: str) -> Iterator[RayHead]:
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=60)  # `ray start --block` drains for up to 30 s
+            head.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _wait_until_jobs_api_answers(address: str, env: dict, head: subprocess.Popen) -> None:

@@ -16,9 +16,11 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,7 @@ import pytest
 import yaml
 from kubernetes.utils import parse_quantity
 from live_run import SNAPSHOT, MotoServer, alive, descendants, wait_registered
+from ray_head import STOP_GRACE_S
 
 from support import ROOT, free_port
 
@@ -98,7 +101,7 @@ class Node:
             self.seen.update(descendants(self.process.pid))
             os.killpg(self.process.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=STOP_GRACE_S)
         if any(alive(pid) for pid in [self.process.pid, *self.seen]):
             self.kill()
 
@@ -119,6 +122,9 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
     head_group, (worker_group,) = spec["rayClusterSpec"]["headGroupSpec"], spec["rayClusterSpec"]["workerGroupSpecs"]
     base = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN_ENV)}
     base["PATH"] = f"{VENV_BIN}:{base['PATH']}"
+    # The pods' temp folder, Ray's sessions included: a killed node cannot clean up after itself. Short, for Ray's
+    # socket paths.
+    base["TMPDIR"] = tempfile.mkdtemp(prefix="rh", dir="/tmp")
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # KubeRay's token Secret, in every pod
     secrets_ = {VALUES["storage"]["existingSecret"]: s3_secret}
     gcs, dashboard = free_port(), free_port()
@@ -148,6 +154,7 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
         for node in reversed(nodes):
             node.stop()
         moto.stop()
+        shutil.rmtree(base["TMPDIR"], ignore_errors=True)
 
 
 def _wait_for_nodes(env: dict[str, str], url: str, count: int, timeout: float = 120) -> list[dict[str, Any]]:
