@@ -35,6 +35,8 @@ def test_trains_every_model_in_this_process_without_ray(in_process_run) -> None:
         assert [r["epoch"] for r in history] == [1, 2]
         assert all((r["examples"], r["distinct_examples"], r["max_uses"]) == (4000, 4000, 1) for r in history)
         assert 0 < results["models"][name]["test_error"] < 0.2
+        # One worker on one device: TF's default strategy, no MWMS (whose multi-device iterator stalled `fit`'s end).
+        assert results["models"][name]["devices"] == {"type": "CPU", "name": "cpu", "count": 1, "collective": "none"}
     assert "in this process on CPU (Ray Train's local mode" in out.stdout
     assert not list((tmp / "ray").glob("session_*"))  # no Ray instance was started: it makes its session folder there
     assert sorted((tmp / "tmp").iterdir()) == []
