@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -53,13 +54,19 @@ class LiveRun:
     """`python -m job train ARGS` in its own process group; stdout and stderr merged and read as they come."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        env = dict(env or {})
+        if "TMPDIR" not in env:
+            # A worker the test kills cannot remove its temp folder: keep them in pytest's, which pytest prunes. Ray's
+            # sessions stay where Ray puts them without a TMPDIR (its socket paths must stay short).
+            env["TMPDIR"] = tempfile.mkdtemp(prefix="run-")
+            env.setdefault("RAY_TMPDIR", os.environ.get("RAY_TMPDIR", "/tmp"))
         self.lines: list[str] = []
         self.seen: set[int] = set()  # every process of this run ever seen, to stop the ones a SIGKILL orphans
         self.started = time.monotonic()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "job", "train", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            env={**os.environ, **env}, start_new_session=True,
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
