@@ -64,11 +64,10 @@ def test_keeps_two_checkpoints_and_evaluate_reproduces_the_error(in_process_run)
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path) -> None:
     args = (*RUN, "--epochs", "3", "--output", str(tmp_path / "out"))
-    env = {"TMPDIR": str(tmp_path)}  # a killed process cannot remove its temp folders: keep them in pytest's
-    with LiveRun(*args, env=env) as first:
+    with LiveRun(*args) as first:  # LiveRun keeps a run's temp folders in pytest's: a killed one leaves them
         first.wait_for(r"^cnn +epoch +2/3")  # epoch 1 of cnn was reported (and persisted) before epoch 2 began
         first.kill()
-    with LiveRun(*args, env=env) as second:
+    with LiveRun(*args) as second:
         assert second.finish() == 0, second.tail()
     resumed = second.matching(r"^resuming from checkpoint")
     assert len(resumed) == 1 and re.search(r"finished \{'mlp': 3\}, cnn at epoch [12]$", resumed[0]), resumed
