@@ -6,8 +6,9 @@ pipelines, concatenated, gathered per batch). Prints the seconds between Keras' 
     .venv/bin/python bench/fit_stall.py [--runs 3]
 
 Variants, each in a fresh process: `mwms` (one-worker MultiWorkerMirroredStrategy, autotune on: the job before),
-`mwms-no-autotune` (tf.data's autotuner off on both pipelines), `default-no-autotune` (TF's default strategy, autotuner
-off: the job now, for one worker on one device).
+`mwms-no-autotune` (tf.data's autotuner off on both pipelines), `mwms-no-autotune-anywhere` (also off on MWMS's
+per-device copies: the job now, for several workers), `default-no-autotune` (TF's default strategy, autotuner off: the
+job now, for one worker on one device).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("mwms", "mwms-no-autotune", "default-no-autotune")
+VARIANTS = ("mwms", "mwms-no-autotune", "mwms-no-autotune-anywhere", "default-no-autotune")
 
 
 def run(variant: str) -> None:
@@ -27,10 +28,13 @@ def run(variant: str) -> None:
     import tensorflow as tf
     import tf_keras as keras
 
+    from job.devices import data_options, per_device_data_without_autotune
+
     mwms = variant.startswith("mwms")
+    if variant == "mwms-no-autotune-anywhere":
+        per_device_data_without_autotune()
     strategy = tf.distribute.MultiWorkerMirroredStrategy() if mwms else tf.distribute.get_strategy()
-    options = tf.data.Options()
-    options.autotune.enabled = variant == "mwms"
+    options = tf.data.Options() if variant == "mwms" else data_options()
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (60000, 784), dtype=np.uint8), rng.integers(0, 10, 60000)
     pixels, labels = tf.constant(x), tf.constant(y)

@@ -5,10 +5,13 @@ Runs in the workers only (TensorFlow).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from job.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 class DeviceError(RuntimeError):
@@ -18,9 +21,7 @@ class DeviceError(RuntimeError):
 def make_strategy(config: TrainConfig, workers: int) -> tuple[Any, dict[str, Any]]:
     """MultiWorkerMirroredStrategy with NCCL on GPUs and the ring on CPUs, plus what this worker trains on.
 
-    One worker on one device has nothing to mirror, so it gets TensorFlow's default strategy: MWMS would feed each step
-    through a multi-device iterator, whose tf.data autotuner left `fit` idle for up to 60 s when it returned
-    (bench/README.md).
+    One worker on one device has nothing to mirror, so it gets TensorFlow's default strategy.
     """
     import tensorflow as tf
 
@@ -36,8 +37,45 @@ def make_strategy(config: TrainConfig, workers: int) -> tuple[Any, dict[str, Any
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=implementation.NCCL if config.gpu else implementation.RING
     )
+    per_device_data_without_autotune()
     strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     return strategy, {**info, "collective": "nccl" if config.gpu else "ring"}
+
+
+def data_options() -> Any:
+    """tf.data options for every pipeline the workers iterate: without the autotuner.
+
+    An iterator's end cancels its autotune thread, but TensorFlow marks the cancellation done only after waking the
+    thread, so the thread can miss it and sleep out its period (which doubles up to 60 s) while the main thread waits
+    to join it. That left `fit` idle for up to 60 s when it returned (bench/README.md). Without the autotuner, the
+    parallel map uses one thread per core.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
+
+
+def per_device_data_without_autotune() -> None:
+    """MWMS copies each batch to its devices through per-device datasets built with default options, so the autotuner
+    runs there whatever the input's options say (one worker's `fit` returned 19 s after the other's). TensorFlow has
+    no option for them: wrap the private function that builds them. Without it (another TF version), training works
+    but may stall when `fit` ends."""
+    from tensorflow.python.data.ops import multi_device_iterator_ops as per_device
+
+    build = getattr(per_device, "_create_device_dataset", None)
+    if build is None:
+        log.warning("TensorFlow lacks multi_device_iterator_ops._create_device_dataset: its autotuner stays on")
+        return
+    if getattr(build, "without_autotune", False):
+        return
+
+    def without_autotune(*args: Any, **kwargs: Any) -> Any:
+        return build(*args, **kwargs).with_options(data_options())
+
+    without_autotune.without_autotune = True  # type: ignore[attr-defined]
+    per_device._create_device_dataset = without_autotune
 
 
 def preflight() -> dict[str, Any]:

@@ -233,7 +233,7 @@ def _train_data(worker: Worker, config: TrainConfig, name: str, pixels: Any, epo
         while len(parts) > 1:  # pairwise, so the nesting stays shallow
             pairs = [parts[i : i + 2] for i in range(0, len(parts), 2)]
             parts = [pair[0].concatenate(pair[1]) if len(pair) == 2 else pair[0] for pair in pairs]
-        return parts[0].prefetch(tf.data.AUTOTUNE).with_options(_options())
+        return parts[0].prefetch(tf.data.AUTOTUNE).with_options(devices.data_options())
 
     return worker.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -242,19 +242,9 @@ def _validation_data(x: Any, y: Any, global_batch: int) -> Any:
     """The full test set; Keras shards it by element across workers and handles the partial last batch."""
     import tensorflow as tf
 
-    options = _options()
+    options = devices.data_options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch).with_options(options)
-
-
-def _options() -> Any:
-    """Without tf.data's autotuner, whose model thread an iterator's end waits for: it kept `fit` from returning for up
-    to 60 s (bench/README.md). The parallel map then uses one thread per core."""
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return options
 
 
 def _report(worker: Worker, name: str, record: dict[str, Any], tf_checkpoint: Any, final_model: Any) -> None:

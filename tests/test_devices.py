@@ -1,0 +1,55 @@
+"""The strategy a worker trains under, built by the job in a fresh process (MWMS configures TensorFlow's runtime once).
+
+Every tf.data iterator that `fit` creates under MWMS must run without the autotuner: with it, the end of an iterator
+could leave `fit` idle for up to 60 s (bench/README.md). That includes the per-device copies MWMS makes, which take no
+options from the input.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+PROBE = """
+import json, sys
+import tensorflow as tf
+from job import devices
+from job.config import TrainConfig
+
+strategy, info = devices.make_strategy(TrainConfig(), workers=int(sys.argv[1]))
+train = strategy.distribute_datasets_from_function(
+    lambda context: tf.data.Dataset.range(8).batch(2).with_options(devices.data_options()))
+test = strategy.experimental_distribute_dataset(tf.data.Dataset.range(8).batch(2).with_options(devices.data_options()))
+
+def autotune(iterator):
+    '''The autotune setting of each tf.data iterator behind a distributed iterator, host first, then per device.'''
+    if not hasattr(iterator, "_iterators"):  # the default strategy hands out the plain tf.data iterator
+        return [iterator._dataset.options().autotune.enabled]
+    found = []
+    for worker in iterator._iterators:
+        found.append(worker._dataset.options().autotune.enabled)
+        found += [d._dataset.options().autotune.enabled for d in worker._iterator._device_iterators]
+    return found
+
+print(json.dumps({"mwms": isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy), "info": info,
+                  "train": autotune(iter(train)), "test": autotune(iter(test))}))
+"""
+
+
+def probe(workers: int) -> dict:
+    process = subprocess.run([sys.executable, "-c", PROBE, str(workers)], capture_output=True, text=True, timeout=120)
+    assert process.returncode == 0, process.stderr[-3000:]
+    return json.loads(process.stdout.splitlines()[-1])
+
+
+def test_mwms_iterates_every_pipeline_and_its_per_device_copies_without_the_autotuner() -> None:
+    found = probe(workers=2)
+    assert found["mwms"] and found["info"]["collective"] == "ring"
+    assert found["train"] == [False, False] and found["test"] == [False, False]
+
+
+def test_one_worker_on_one_device_trains_under_the_default_strategy_without_the_autotuner() -> None:
+    found = probe(workers=1)
+    assert not found["mwms"] and found["info"]["collective"] == "none"
+    assert found["train"] == [False] and found["test"] == [False]
