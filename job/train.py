@@ -77,8 +77,7 @@ def _fit_on_ray(config: TrainConfig, dataset: Dataset) -> Any:
     _check_resources(config, ray.cluster_resources())
     if config.gpu:
         _check_gpu_visible()
-    trainer_cls = DataParallelTrainer if config.address else _local_trainer(DataParallelTrainer)
-    trainer = trainer_cls(
+    trainer = _trainer_class(DataParallelTrainer, local=not config.address)(
         train_loop_per_worker,
         train_loop_config={"config": config, "data": ray.put(dataset)},
         backend_config=TensorflowConfig(),
@@ -98,21 +97,25 @@ def _fit_on_ray(config: TrainConfig, dataset: Dataset) -> Any:
     return trainer.fit().checkpoint
 
 
-def _local_trainer(base: type) -> type:
-    """Ray Train without its PlacementGroupCleaner, for the private local Ray only.
+def _trainer_class(base: type, local: bool) -> type:
+    """Ray Train without the parts this job has no use for; each is one more actor process to start.
 
-    The cleaner removes a run's placement group if the Train controller dies while the cluster lives on. A private
-    local Ray ends with the driver, so it has nothing to guard; and it polls the State API, which lives in the Ray
-    dashboard: without one it logged a warning every second, and stopping it took 12 s at the end of every run.
+    - The DatasetManager: this job passes no Ray Datasets, yet Ray Train starts one for every run.
+    - On the private local Ray only, the PlacementGroupCleaner. It removes a run's placement group if the Train
+      controller dies while the cluster lives on; a private local Ray ends with the driver. It also polls the State
+      API, which lives in the Ray dashboard: without one it logged a warning every second, and stopping it took 12 s
+      at the end of every run.
     """
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
-    class LocalTrainer(base):
-        def _create_default_callbacks(self) -> list:
-            callbacks = super()._create_default_callbacks()
-            return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+    unused = (DatasetsCallback, PlacementGroupCleanerCallback) if local else (DatasetsCallback,)
 
-    return LocalTrainer
+    class Trainer(base):
+        def _create_default_callbacks(self) -> list:
+            return [c for c in super()._create_default_callbacks() if not isinstance(c, unused)]
+
+    return Trainer
 
 
 def _check_gpu_visible() -> None:
@@ -187,9 +190,14 @@ def _ray_session(config: TrainConfig, log_stream: TextIO) -> Iterator[None]:
         log.info("starting a local Ray instance with %d CPUs for %d workers", cpus, config.workers)
         # address="local": always a private instance, even when another Ray runs on this machine.
         # Ray's own metrics (ray_train_*) every 2 s instead of 10 s: local runs are short, and a worker's last
-        # values would otherwise often never reach Prometheus.
+        # values would otherwise often never reach Prometheus. No prestarted workers: none served a run (they idle
+        # and exit), and starting them took CPU from the Train actors. No preemption watcher (one more actor): one
+        # machine that ends with the driver has no node to lose.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        system = {"metrics_report_interval_ms": 2000, "enable_worker_prestart": False,
+                  "prestart_worker_first_driver": False}  # fmt: skip
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True, configure_logging=False,
-                 _system_config={"metrics_report_interval_ms": 2000})  # fmt: skip
+                 _system_config=system)  # fmt: skip
     console.route_worker_output(log_stream, config.verbose)
     try:
         yield

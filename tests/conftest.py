@@ -58,9 +58,8 @@ def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun
         code = run.finish()
         assert code == 0, run.tail()
         prometheus.wait_for('mnist_train_run_status{run="sample-run"}', bool)  # the driver's push, one scrape later
-        yield FinishedRun(
-            "sample-run", tmp / "out", code, run.lines, tmpdir, prometheus, base_port, started, time.time()
-        )
+        yield FinishedRun("sample-run", tmp / "out", code, run.lines, tmpdir, Path(ray_tmp), prometheus, base_port,
+                          started, time.time())  # fmt: skip
     finally:
         if run is not None:
             run.stop()

@@ -146,6 +146,7 @@ class FinishedRun:
     code: int
     lines: list[str]
     tmpdir: Path  # the run's TMPDIR, which must be empty after it
+    ray_tmp: Path  # the run's RAY_TMPDIR, with its Ray session's logs
     prometheus: promlib.Prometheus
     base_port: int
     started: float
