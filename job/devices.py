@@ -68,13 +68,10 @@ def per_device_data_without_autotune() -> None:
     if build is None:
         log.warning("TensorFlow lacks multi_device_iterator_ops._create_device_dataset: its autotuner stays on")
         return
-    if getattr(build, "without_autotune", False):
-        return
 
     def without_autotune(*args: Any, **kwargs: Any) -> Any:
         return build(*args, **kwargs).with_options(data_options())
 
-    without_autotune.without_autotune = True  # type: ignore[attr-defined]
     per_device._create_device_dataset = without_autotune
 
 
