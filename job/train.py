@@ -69,15 +69,15 @@ def _fit_on_ray(config: TrainConfig, dataset: Dataset) -> Any:
     """Run train_loop_per_worker on the Ray Train workers; the final checkpoint."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from job.backend import TensorflowConfig
+    from job.raytrain import trainer_class
     from job.worker import train_loop_per_worker
 
     _check_resources(config, ray.cluster_resources())
     if config.gpu:
         _check_gpu_visible()
-    trainer = _trainer_class(DataParallelTrainer, local=not config.address)(
+    trainer = trainer_class(local=not config.address)(
         train_loop_per_worker,
         train_loop_config={"config": config, "data": ray.put(dataset)},
         backend_config=TensorflowConfig(),
@@ -95,27 +95,6 @@ def _fit_on_ray(config: TrainConfig, dataset: Dataset) -> Any:
         ),
     )
     return trainer.fit().checkpoint
-
-
-def _trainer_class(base: type, local: bool) -> type:
-    """Ray Train without the parts this job has no use for; each is one more actor process to start.
-
-    - The DatasetManager: this job passes no Ray Datasets, yet Ray Train starts one for every run.
-    - On the private local Ray only, the PlacementGroupCleaner. It removes a run's placement group if the Train
-      controller dies while the cluster lives on; a private local Ray ends with the driver. It also polls the State
-      API, which lives in the Ray dashboard: without one it logged a warning every second, and stopping it took 12 s
-      at the end of every run.
-    """
-    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-
-    unused = (DatasetsCallback, PlacementGroupCleanerCallback) if local else (DatasetsCallback,)
-
-    class Trainer(base):
-        def _create_default_callbacks(self) -> list:
-            return [c for c in super()._create_default_callbacks() if not isinstance(c, unused)]
-
-    return Trainer
 
 
 def _check_gpu_visible() -> None:

@@ -93,11 +93,11 @@ def test_nothing_is_left_in_the_temp_folder(sample_run) -> None:
 
 def test_a_local_ray_starts_no_process_the_run_does_not_use(sample_run) -> None:
     """Every Ray worker process of the run served an actor: no prestarted idle workers, and no DatasetManager (no Ray
-    Datasets here) or PreemptionWatcher (one machine). Each is a process to start on the way to the first step."""
+    Datasets here), PreemptionWatcher or autoscaling coordinator (one machine, no autoscaler). Each is a process to
+    start on the way to the first step."""
     logs = sample_run.ray_tmp.glob("ray/session_latest/logs/worker-*.out")
     actors = sorted(re.search(r":actor_name:(\S+)", path.read_text()[:300] + ":actor_name:-")[1] for path in logs)
-    assert actors == ["RayTrainWorker", "RayTrainWorker", "SynchronizationActor", "TrainController",
-                      "_AutoscalingCoordinatorActor"]  # fmt: skip
+    assert actors == ["RayTrainWorker", "RayTrainWorker", "SynchronizationActor", "TrainController"]
 
 
 def test_evaluate_command_prints_the_same_error(sample_run, tmp_path) -> None:
