@@ -1,5 +1,3 @@
-import sys
+from job.cli import entry
 
-from job.cli import main
-
-sys.exit(main())
+entry()
