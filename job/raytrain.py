@@ -1,16 +1,17 @@
 """Ray Train's trainer without the parts this job has no use for; each one is one more actor process to start.
 
-Ray Train's controller unpickles `LocalScalingPolicy`, so this module imports nothing the controller lacks.
+Ray Train's controller unpickles `LocalScalingPolicy` before it starts anything, so at the top this module imports
+only what the controller has already loaded.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
-from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+if TYPE_CHECKING:
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 
 class LocalScalingPolicy(FixedScalingPolicy):
@@ -37,6 +38,10 @@ def trainer_class(local: bool) -> type[DataParallelTrainer]:
       local Ray ends with the driver. It also polls the State API, which lives in the Ray dashboard: without one it
       logged a warning every second, and stopping it took 12 s at the end of every run.
     """
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
     unused = (DatasetsCallback, PlacementGroupCleanerCallback) if local else (DatasetsCallback,)
 
     class Trainer(DataParallelTrainer):
