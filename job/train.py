@@ -161,8 +161,8 @@ def _ray_session(config: TrainConfig, log_stream: TextIO) -> Iterator[None]:
     # Ray Train's controller collects each worker's report every 2 s by default, and a worker's next report waits
     # for it: with epochs of a second that cost up to 1.7 s per epoch. Ray passes this on to its controller.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-    # Imported while ray.init waits for Ray's processes to start: 1.5 s of this process's start, and the last after
-    # the last epoch.
+    # Imported while ray.init waits for Ray's processes to start: Ray Train and the worker's module are needed right
+    # after it (about 1 s), pyplot for the curves after the last epoch (0.5 s).
     preload = _import_in_background("job.raytrain", "job.worker", "matplotlib.pyplot")
     if config.address:
         log.info("joining the Ray cluster at %s", config.address)

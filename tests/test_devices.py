@@ -2,7 +2,8 @@
 
 Every tf.data iterator that `fit` creates under MWMS must run without the autotuner: with it, the end of an iterator
 could leave `fit` idle for up to 60 s (bench/README.md). That includes the per-device copies MWMS makes, which take no
-options from the input.
+options from the input. And a worker's training pipeline must not copy the training set (tf.data's default
+optimizations did, once per epoch).
 """
 
 from __future__ import annotations
