@@ -38,20 +38,21 @@ print(json.dumps({"mwms": isinstance(strategy, tf.distribute.MultiWorkerMirrored
 """
 
 
-def probe(workers: int) -> dict:
-    process = subprocess.run([sys.executable, "-c", PROBE, str(workers)], capture_output=True, text=True, timeout=120)
+def probe(code: str, *args: str) -> dict:
+    """Run `code` in a fresh Python process; the JSON object its last line prints."""
+    process = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
     assert process.returncode == 0, process.stderr[-3000:]
     return json.loads(process.stdout.splitlines()[-1])
 
 
 def test_mwms_iterates_every_pipeline_and_its_per_device_copies_without_the_autotuner() -> None:
-    found = probe(workers=2)
+    found = probe(PROBE, "2")  # workers
     assert found["mwms"] and found["info"]["collective"] == "ring"
     assert found["train"] == [False, False] and found["test"] == [False, False]
 
 
 def test_one_worker_on_one_device_trains_under_the_default_strategy_without_the_autotuner() -> None:
-    found = probe(workers=1)
+    found = probe(PROBE, "1")  # workers
     assert not found["mwms"] and found["info"]["collective"] == "none"
     assert found["train"] == [False] and found["test"] == [False]
 
@@ -80,7 +81,5 @@ def test_ten_epochs_of_training_data_add_no_copy_of_the_training_set() -> None:
     """A fit call's pipeline gathers ten epochs of batches from the training set. tf.data's default optimizations
     rewrite a pipeline through a serialized graph, which copied the set into it once per epoch: +470 MB of memory
     per worker on Fashion-MNIST."""
-    process = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, timeout=120)
-    assert process.returncode == 0, process.stderr[-3000:]
-    found = json.loads(process.stdout.splitlines()[-1])
+    found = probe(MEMORY_PROBE)
     assert found["grew"] < found["pixels"], found
