@@ -21,17 +21,14 @@ import time
 from pathlib import Path
 
 import psutil
+from mlp_fashion import _tree
 
 BASE = ["-m", "job", "train", "--models", "mlp", "--dataset", "mnist-sample", "--workers", "1", "--epochs", "2"]
 
 
 def sample(pid: int, series: dict[int, list[tuple[float, float]]], born: dict[int, tuple[float, str]]) -> None:
-    try:
-        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
     now = time.time()
-    for proc in procs:
+    for proc in _tree(pid):
         try:
             times = proc.cpu_times()
             series.setdefault(proc.pid, []).append((now, times.user + times.system))
