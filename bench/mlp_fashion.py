@@ -9,6 +9,11 @@ Each run is a subprocess. Timings come from a pass without the memory sampler (w
 tutorial); peak memory from a second pass where a thread sums VmRSS and Pss over the process tree every 0.2 s.
 
     .venv/bin/python bench/mlp_fashion.py [--epochs 10] [--skip NAME] [--mode both|timing|memory] [--json out.json]
+        [--job-flag=--gpu ...]
+
+`--job-flag` adds a flag to every run of the job (repeatable): on a GPU machine `--job-flag=--gpu`, and
+`--job-flag=--steps-per-execution=50`, `--job-flag=--mixed-precision` or `--job-flag=--jit-compile` to compare
+settings; the tutorial's scripts use the GPU by themselves when TensorFlow sees one.
 """
 
 from __future__ import annotations
@@ -221,20 +226,22 @@ def _mean_after_first(values: list[float]) -> float | None:
     return sum(rest) / len(rest) if rest else None
 
 
-def commands(name: str, workers: str | int, epochs: int, out: Path, data: str) -> list[list[str]]:
-    """The subprocesses of one run, started one after the other."""
+def commands(name: str, workers: str | int, epochs: int, out: Path, data: str, flags: list[str]) -> list[list[str]]:
+    """The subprocesses of one run, started one after the other; `flags` go to the job's runs."""
     if workers == "tutorial":
         return [[sys.executable, "-c", tutorial_scripts(epochs, "fashion_mnist")[0]]]
     if workers == "tutorial-3":
         return [[sys.executable, "-c", script] for script in tutorial_scripts(epochs, data)]
-    job = [sys.executable, "-m", "job", "train", "--output", str(out / "run"), "--run-name", f"bench-{name}"]
+    job = [sys.executable, "-m", "job", "train", "--output", str(out / "run"), "--run-name", f"bench-{name}", *flags]
     if workers == "make-train":
         return [[*job, "--epochs", str(epochs)]]  # everything else as `make train` has it
     return [[*job, "--models", "mlp", "--epochs", str(epochs), "--batch-size", "200", "--workers", str(workers),
              "--dataset", "fashion_mnist"]]  # fmt: skip
 
 
-def run_one(name: str, workers: str | int, epochs: int, workdir: Path, data: str, sample: bool) -> Result:
+def run_one(
+    name: str, workers: str | int, epochs: int, workdir: Path, data: str, sample: bool, flags: list[str]
+) -> Result:
     out = workdir / f"{name}-{'memory' if sample else 'timing'}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -246,7 +253,7 @@ def run_one(name: str, workers: str | int, epochs: int, workdir: Path, data: str
     print(f"== {name} ({'memory' if sample else 'timing'} pass)", flush=True)
     start, busy0, cpu_s, benches = time.time(), busy_cpu_s(), 0.0, []
     with open(out / "log.txt", "w") as log:
-        for cmd in commands(name, workers, epochs, out, data):
+        for cmd in commands(name, workers, epochs, out, data, flags):
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             sampler = TreeSampler(proc.pid) if sample else None
             if sampler:
@@ -396,12 +403,14 @@ def main() -> int:
         help="before each run, wait (up to 10 min) until other work uses fewer cores than this",
     )
     parser.add_argument("--workdir", type=Path, help="keep outputs and timestamped logs here (default: temp, deleted)")
+    parser.add_argument("--job-flag", action="append", default=[], metavar="FLAG",
+                        help="add this flag to every run of the job, e.g. --job-flag=--gpu (repeatable)")  # fmt: skip
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-mlp-"))
     info = machine()
     data = make_train_dataset()
     print(f"{info['date']}  {info['nproc']} x {info['cpu']}  git {info['git']}  epochs {args.epochs}  "
-          f"make-train data: {data}", flush=True)  # fmt: skip
+          f"make-train data: {data}  job flags: {' '.join(args.job_flag) or 'none'}", flush=True)  # fmt: skip
     passes = {"timing": [False], "memory": [True], "both": [False, True]}[args.mode]
     runs = {name: workers for name, workers in RUNS.items() if name not in args.skip}
     found: dict[bool, dict[str, Result]] = {False: {}, True: {}}
@@ -410,7 +419,7 @@ def main() -> int:
             for name, workers in runs.items():
                 if args.quiet_below:
                     wait_quiet(args.quiet_below)
-                found[sample][name] = run_one(name, workers, args.epochs, workdir, data, sample)
+                found[sample][name] = run_one(name, workers, args.epochs, workdir, data, sample, args.job_flag)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -430,6 +439,7 @@ def main() -> int:
         figures = {
             "machine": info,
             "epochs": args.epochs,
+            "job_flags": args.job_flag,
             "runs": {n: asdict(r) for n, r in results.items()},
             "targets": [{"what": w, "measured": v, "aim": a} for w, v, a in rows],
         }
