@@ -72,7 +72,7 @@ class Timer(keras.callbacks.Callback):
         times["epoch_ends"].append(time.time())
 
 times = {"epoch_seconds": [], "epoch_ends": []}
-d = load(DATASET)
+d = load(DATASET, DATA_URI)
 (X_train, y_train), (X_test, y_test) = (d.x_train, d.y_train), (d.x_test, d.y_test)
 num_pixels = X_train.shape[1] * X_train.shape[2]
 X_train = X_train.reshape((X_train.shape[0], num_pixels)).astype('float32')
@@ -125,13 +125,15 @@ LARGE_CNN = """model.add(Conv2D(30, (5, 5), input_shape=(28, 28, 1), activation=
     model.add(Dense(num_classes, activation='softmax'))"""
 
 
-def tutorial_scripts(epochs: int, dataset: str) -> list[str]:
-    """The tutorial's baseline MLP, simple CNN and large CNN scripts, for this many epochs on this data set."""
+def tutorial_scripts(epochs: int, dataset: str, data_uri: str | None = None) -> list[str]:
+    """The tutorial's baseline MLP, simple CNN and large CNN scripts, for this many epochs on this data set (or the
+    data at `data_uri`, as the job's --data-uri reads it)."""
     cnn_end = FIT_AND_SCORE.replace("Baseline Error", "CNN Error")
     scripts = [TUTORIAL.replace("FIT_AND_SCORE", FIT_AND_SCORE),
                TUTORIAL_CNN.replace("LAYERS", SIMPLE_CNN).replace("FIT_AND_SCORE", cnn_end),
                TUTORIAL_CNN.replace("LAYERS", LARGE_CNN).replace("FIT_AND_SCORE", cnn_end)]  # fmt: skip
-    return [s.replace("EPOCHS", str(epochs)).replace("DATASET", repr(dataset)) for s in scripts]
+    return [s.replace("EPOCHS", str(epochs)).replace("DATASET", repr(dataset)).replace("DATA_URI", repr(data_uri))
+            for s in scripts]  # fmt: skip
 
 
 def make_train_dataset() -> str:
