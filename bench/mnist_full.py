@@ -59,9 +59,12 @@ RESUMED_LINE = re.compile(r"resuming from checkpoint: .* at epoch (\d+)")
 def environment(workdir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MNIST_TRAIN_") and k != "RAY_ADDRESS"}
     # A private Ray temp dir per run: ray.init() would otherwise join whatever /tmp/ray/ray_current_cluster names.
-    ray_tmp = workdir / "ray-tmp"
+    # TMPDIR too: what a run killed on purpose (the resume run) cannot clean up stays in the workdir.
+    ray_tmp, tmp = workdir / "ray-tmp", workdir / "tmp"
     ray_tmp.mkdir(parents=True, exist_ok=True)
-    env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", RAY_TMPDIR=str(ray_tmp))
+    tmp.mkdir(exist_ok=True)
+    env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", RAY_TMPDIR=str(ray_tmp),
+               TMPDIR=str(tmp))  # fmt: skip
     return env
 
 
@@ -400,8 +403,8 @@ def main() -> int:
             continue
         try:
             found[name] = run_once(name, args.workdir.resolve(), args.data_uri, args.quiet_below)
-        except RuntimeError as err:
-            print(f"   {err}", file=sys.stderr, flush=True)
+        except Exception as err:  # the other runs go on; this one is measured again by the next invocation
+            print(f"   {name} failed: {err!r}", file=sys.stderr, flush=True)
             failed.append(name)
     report(found)
     if args.json:
@@ -416,9 +419,11 @@ def report(found: dict[str, dict[str, Any]]) -> None:
         print("\n## Time to accuracy: command start -> the end of the first epoch at or under the test error\n")
         print("\n".join(rows))
     if r := found.get("resume"):
+        same_seed = found.get("deep-0w", {}).get("models", {}).get(f"{DEEP}-1", {}).get("test_error_percent")
         print(f"\n## Resume\n\nkilled {r['seconds_since_last_epoch_line']:.1f} s after epoch {r['killed_in_epoch']}'s "
               f"line, {r['killed_after_s']:.0f} s in; the rerun resumed at epoch {r['resumed_at_epoch']} and finished "
-              f"in {r['rerun_wall_s']:.0f} s: test error {_pct(r['models'][DEEP]['test_error_percent'])}")  # fmt: skip
+              f"in {r['rerun_wall_s']:.0f} s: test error {_pct(r['models'][DEEP]['test_error_percent'])} "
+              f"(seed 7 uninterrupted, deep-0w's member 1: {_pct(same_seed)})")  # fmt: skip
     if r := found.get("robust"):
         print(f"\n## Perturbed test set (rotation within ±{r['rotation_deg']:g}°, shift within ±{r['shift_px']:g} px, "
               f"seed {r['seed']})\n\n| model | clean | perturbed |\n|---|---|---|")  # fmt: skip

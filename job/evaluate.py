@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from job import storage
+from job import console, storage
 from job.checkpoint import MODEL_FILE
 from job.config import ConfigError, EvaluateConfig
 from job.data import load
@@ -28,12 +28,14 @@ def run(config: EvaluateConfig) -> tuple[float, float]:
         raw = storage.read_bytes(target)
     except storage.StorageError as err:
         raise ConfigError(str(err)) from None
-    from job import models
+    # TensorFlow's C++ banners (oneDNN, CUDA probing) write to file descriptor 2: the one line below is the output.
+    with tempfile.TemporaryFile("w+") as chatter, console.stderr_to_log(chatter, verbose=False):
+        from job import models
 
-    with tempfile.TemporaryDirectory(prefix="mnist-eval-") as tmp:
-        (Path(tmp) / MODEL_FILE).write_bytes(raw)
-        model = models.load(Path(tmp) / MODEL_FILE)
-    loss, error = models.evaluate(model, models.features(dataset.x_test, model), dataset.y_test, config.batch_size)
+        with tempfile.TemporaryDirectory(prefix="mnist-eval-") as tmp:
+            (Path(tmp) / MODEL_FILE).write_bytes(raw)
+            model = models.load(Path(tmp) / MODEL_FILE)
+        loss, error = models.evaluate(model, models.features(dataset.x_test, model), dataset.y_test, config.batch_size)
     print(
         f"{model.name} on {dataset.name} ({len(dataset.y_test)} test images): error {error * 100:.2f}%, loss {loss:.4f}"
     )

@@ -6,10 +6,10 @@ import pytest
 import tf_keras
 
 from job import models
-from job.config import RECIPES
+from job.config import RECIPES, TrainConfig
 
 TUTORIAL_PARAMS = {"mlp": 623_290, "cnn": 592_074, "large_cnn": 59_933}
-PARAMS = {**TUTORIAL_PARAMS, "deep_bn_cnn": 310_872}
+PARAMS = {**TUTORIAL_PARAMS, "deep_bn_cnn": 326_826}
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
@@ -17,16 +17,19 @@ def test_parameter_count_matches_the_tutorial_and_the_paper(name: str) -> None:
     assert models.build(name).count_params() == PARAMS[name]
 
 
-def test_deep_bn_cnn_is_ten_unpadded_3x3_convolutions_with_batch_norm_and_no_pooling() -> None:
+def test_deep_bn_cnn_is_deottes_strided_net_with_batch_norm_and_dropout() -> None:
     model = models.deep_bn_cnn()
     convs = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"]
-    assert [c.filters for c in convs] == [16, 24, 32, 40, 48, 56, 64, 72, 80, 88]  # the paper's M3 at half width
-    assert all(c.kernel_size == (3, 3) and c.padding == "valid" and not c.use_bias for c in convs)
+    # 32C3-32C3-32C5S2-64C3-64C3-64C5S2-128C4
+    assert [(c.filters, c.kernel_size[0], c.strides[0]) for c in convs] == [
+        (32, 3, 1), (32, 3, 1), (32, 5, 2), (64, 3, 1), (64, 3, 1), (64, 5, 2), (128, 4, 1)
+    ]  # fmt: skip
+    assert [c.output_shape[1] for c in convs] == [26, 24, 12, 10, 8, 4, 1]
     kinds = [type(layer).__name__ for layer in model.layers]
-    assert kinds[1:4] == ["Conv2D", "BatchNormalization", "ReLU"] and kinds.count("BatchNormalization") == 11
-    assert not any("Pool" in kind or "Dropout" in kind for kind in kinds)
-    assert model.layers[-4].output_shape == (None, 8 * 8 * 88)  # each conv trims 2 pixels: 28 -> 8
-    assert model.layers[-1].dtype == "float32" and model.layers[-2].dtype == "float32"  # for mixed precision
+    assert kinds[:3] == ["Conv2D", "BatchNormalization", "ReLU"] and kinds.count("BatchNormalization") == 7
+    assert [layer.rate for layer in model.layers if type(layer).__name__ == "Dropout"] == [0.4, 0.4, 0.4]
+    assert not any("Pool" in kind for kind in kinds)
+    assert model.layers[-1].dtype == "float32"  # the softmax, for mixed precision
 
 
 def test_layers_read_like_the_tutorial() -> None:
@@ -57,19 +60,31 @@ def test_tutorial_models_keep_the_tutorials_recipe() -> None:
     for name in TUTORIAL_PARAMS:
         recipe = RECIPES[name]
         assert (recipe.epochs, recipe.batch_size, recipe.learning_rate) == (10, 200, 1e-3)
-        assert recipe.final_lr_ratio == 1.0 and not recipe.augment
+        assert recipe.schedule == "constant" and not recipe.augment
 
 
-def test_deep_bn_cnn_learning_rate_decays_once_per_epoch_to_the_papers_final_rate() -> None:
+def test_deep_bn_cnn_learning_rate_is_one_cycle_over_the_whole_run() -> None:
     recipe = RECIPES["deep_bn_cnn"]
-    assert (recipe.epochs, recipe.batch_size, recipe.augment) == (30, 120, True)
-    optimizer = models.build("deep_bn_cnn", steps_per_epoch=33).optimizer
+    assert (recipe.epochs, recipe.batch_size, recipe.augment, recipe.schedule) == (20, 120, True, "one-cycle")
+    steps = 50
+    total, warmup = steps * recipe.epochs, int(steps * recipe.epochs * recipe.warmup)
+    optimizer = models.build("deep_bn_cnn", steps_per_epoch=steps).optimizer
     schedule = tf_keras.optimizers.schedules.deserialize(optimizer.get_config()["learning_rate"])
-    rate = [float(schedule(step)) for step in (0, 32, 33, 33 * 29, 33 * 30)]
-    assert rate[0] == rate[1] == pytest.approx(1e-3)  # constant within an epoch
-    assert rate[2] == pytest.approx(1e-3 * recipe.lr_decay_per_epoch())
-    assert rate[3] == pytest.approx(1e-3 * 0.98 ** (150 * 29 / 30), rel=1e-4)  # the last epoch
-    assert rate[4] == pytest.approx(1e-3 * 0.98**150, rel=1e-4)  # where the paper's 150 epochs end
+    rate = [float(schedule(step)) for step in range(total + 1)]
+    assert rate[0] == pytest.approx(recipe.learning_rate / 10)
+    assert max(rate) == pytest.approx(recipe.learning_rate) and rate.index(max(rate)) == warmup
+    assert all(a < b for a, b in zip(rate[:warmup], rate[1 : warmup + 1], strict=True))  # linear warm-up
+    assert all(a >= b for a, b in zip(rate[warmup:], rate[warmup + 1 :], strict=False))  # then only down
+    assert rate[(warmup + total) // 2] == pytest.approx(recipe.learning_rate / 2, rel=1e-2)  # cosine: half, halfway
+    assert rate[total] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_shorter_run_keeps_the_whole_cycle() -> None:
+    """--epochs 3 compresses the schedule: warm-up and decay to zero within the 3 epochs."""
+    config = TrainConfig(models=("deep_bn_cnn",), epochs=3, output="unused")
+    optimizer = models.build("deep_bn_cnn", config.for_model("deep_bn_cnn"), steps_per_epoch=10).optimizer
+    schedule = tf_keras.optimizers.schedules.deserialize(optimizer.get_config()["learning_rate"])
+    assert float(schedule(30)) == pytest.approx(0.0, abs=1e-9) and float(schedule(4)) == pytest.approx(3e-3)
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
