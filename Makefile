@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup train test test-fast test-deps lint bench clean
+.PHONY: setup train test test-fast test-deps lint bench bench-mnist clean
 
 setup: $(VENV)/.installed
 
@@ -35,5 +35,11 @@ lint: setup
 bench: setup
 	$(PY) bench/mlp_fashion.py $(ARGS)
 
+# Every model on full MNIST (about 1.5 h on 2 cores; run it again to go on where it stopped):
+#   make bench-mnist DATA_URI=/data/mnist   (a folder of the four IDX .gz files, or mnist.npz)
+bench-mnist: setup
+	@test -n "$(DATA_URI)" || { echo "make bench-mnist: set DATA_URI to full MNIST (a folder of the four IDX .gz files or mnist.npz)"; exit 2; }
+	$(PY) bench/mnist_full.py --data-uri $(DATA_URI) $(ARGS)
+
 clean:
-	rm -rf $(VENV) .venv-s3 artifacts .pytest_cache
+	rm -rf $(VENV) .venv-s3 artifacts bench-mnist .pytest_cache
