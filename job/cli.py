@@ -1,4 +1,4 @@
-"""Command line: `mnist-train train|evaluate`. Every flag also reads MNIST_TRAIN_<FLAG> from the environment."""
+"""Command line: `mnist-train train|evaluate|serve`. Every flag also reads MNIST_TRAIN_<FLAG> from the environment."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from job.config import (
     RECIPES,
     ConfigError,
     EvaluateConfig,
+    ServeConfig,
     TrainConfig,
     default_run_name,
     defaults,
@@ -237,24 +238,60 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     _add(p, "--batch-size", int, d["batch_size"], "evaluation batch size")
 
 
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a saved model over HTTP with Ray Serve",
+        description="Serve a saved model (a model.keras file or a run's <model>/ folder, ensembles included) on "
+        "Ray Serve: POST digits (JSON 28x28 arrays of 0-255 pixels, or a PNG) to /predict for classes and "
+        "probabilities. Serves until Ctrl-C.",
+    )
+    d = defaults(ServeConfig)
+    _add(p, "--model-uri", _optional, None, "model.keras file or folder holding it (path, file://, s3://, gs://)")
+    _add(p, "--replicas", int, d["replicas"], "Ray Serve replicas of the model")
+    _add(p, "--cpus-per-replica", float, d["cpus_per_replica"], "CPUs Ray reserves per replica")
+    _add(p, "--gpus-per-replica", float, d["gpus_per_replica"], "GPUs per replica (fractions share a GPU)")
+    _add(
+        p,
+        "--max-batch-size",
+        int,
+        d["max_batch_size"],
+        "requests batched into one model call (@serve.batch); 1 turns batching off",
+    )
+    _add(p, "--batch-wait-ms", float, d["batch_wait_ms"], "how long a batch waits to fill, in milliseconds")
+    _add(p, "--max-digits", int, d["max_digits"], "the largest batch one request may carry")
+    _add(p, "--host", str, d["host"], "address the HTTP server listens on (0.0.0.0: every interface)")
+    _add(p, "--port", int, d["port"], "HTTP port")
+    _add(p, "--metrics-port", int, d["metrics_port"], "local Ray's Prometheus /metrics port; 0 lets Ray pick")
+    _add(
+        p,
+        "--address",
+        _optional,
+        os.environ.get("RAY_ADDRESS"),
+        "Ray cluster to deploy on (RAY_ADDRESS also works); none starts a local one",
+    )
+    _add_switch(p, "--verbose", "show Ray's own log lines too")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Train the Keras MNIST tutorial models as a distributed Ray Train job.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,serve}", parser_class=_Parser)
     _train_parser(sub)
     _evaluate_parser(sub)
+    _serve_parser(sub)
     return parser
 
 
-def parse(argv: Sequence[str] | None = None) -> TrainConfig | EvaluateConfig:
+def parse(argv: Sequence[str] | None = None) -> TrainConfig | EvaluateConfig | ServeConfig:
     """Parse flags and env vars into one validated config; bad input exits 2 with one line on stderr."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     command = args.pop("command")
     try:
-        if command == "evaluate":
+        if command in ("evaluate", "serve"):
             if not args["model_uri"]:
                 raise ConfigError("--model-uri is required; point it at a model.keras file or a run's <model>/ folder")
-            return EvaluateConfig(**args)
+            return EvaluateConfig(**args) if command == "evaluate" else ServeConfig(**args)
         args["run_name"] = args["run_name"] or default_run_name()
         return TrainConfig(**args)
     except ConfigError as err:
@@ -270,6 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             evaluate.run(config)
             return 0
+        if isinstance(config, ServeConfig):
+            from job import serve
+
+            return serve.run(config)
         return _train(config)
     except (ConfigError, DataError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

@@ -266,3 +266,34 @@ class EvaluateConfig:
         if self.data_uri is not None:
             check_uri(self.data_uri, "--data-uri")
         _check_range("--batch-size", self.batch_size, 1, 1_000_000)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`mnist-train serve`. The same fields are the `args` of the Ray Serve application `job.serve:app`."""
+
+    model_uri: str
+    replicas: int = 1
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+    max_batch_size: int = 32  # requests per model call (@serve.batch); 1 turns batching off
+    batch_wait_ms: float = 5.0
+    max_digits: int = 1000  # the largest batch one request may carry
+    host: str = "127.0.0.1"
+    port: int = 8000
+    metrics_port: int = 0  # local Ray's metrics export port (its /metrics); 0 = Ray picks one
+    address: str | None = None
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        check_uri(self.model_uri, "--model-uri")
+        _check_range("--replicas", self.replicas, 1, 1000)
+        _check_range("--cpus-per-replica", self.cpus_per_replica, 0.01, 512)
+        _check_range("--gpus-per-replica", self.gpus_per_replica, 0, 16)
+        _check_range("--max-batch-size", self.max_batch_size, 1, 1000, " (1 turns batching off)")
+        _check_range("--batch-wait-ms", self.batch_wait_ms, 0, 1000)
+        _check_range("--max-digits", self.max_digits, 1, 10_000)
+        _check_range("--port", self.port, 1, 65535)
+        _check_range("--metrics-port", self.metrics_port, 0, 65535, " (0 lets Ray pick)")
+        if not self.host:
+            raise ConfigError("--host is empty; use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)")

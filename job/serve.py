@@ -1,0 +1,311 @@
+"""`mnist-train serve`: a model the job saved, behind Ray Serve. HTTP in (JSON pixels or a PNG), classes and the ten
+probabilities out, with dynamic request batching.
+
+`app` is the Ray Serve application (import path `job.serve:app`, what a KubeRay RayService's serveConfigV2 names);
+`run` is the command: it starts a local Ray (or joins --address), deploys `app` and serves until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from job.config import ConfigError, ServeConfig
+from job.errors import first_line
+
+APP_NAME = "mnist"
+SIDE = 28
+PIXELS = SIDE * SIDE
+BYTES_PER_DIGIT = PIXELS * 24  # a generous JSON pixel ("254.99999, "): the body limit follows --max-digits
+LATENCY_BOUNDARIES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
+BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class BadRequest(ValueError):
+    """A request the server cannot answer; the message is one line for the client (HTTP 400)."""
+
+
+def parse(body: bytes, content_type: str, max_digits: int) -> np.ndarray:
+    """The digits a request carries, as float32 pixels 0-255 shaped (N, 28, 28). JSON: one 28x28 (or 784) array,
+    N of them, or {"instances": ...}; or a PNG of one 28x28 digit."""
+    if not body:
+        raise BadRequest("empty body; POST a JSON array of 28x28 pixels (0-255), a batch of them, or a 28x28 PNG")
+    if len(body) > max_digits * BYTES_PER_DIGIT:
+        raise BadRequest(
+            f"body of {len(body):,} bytes is over the {max_digits * BYTES_PER_DIGIT:,} that --max-digits "
+            f"{max_digits} allows; send fewer digits per request"
+        )
+    if "image/png" in content_type or body.startswith(PNG_SIGNATURE):
+        return _png(body)
+    return _json(body, max_digits)
+
+
+def _png(body: bytes) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(body))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise BadRequest(f"not a readable PNG image ({first_line(err)}); send a 28x28 grayscale PNG") from None
+    if image.size != (SIDE, SIDE):
+        raise BadRequest(f"the image is {image.size[0]}x{image.size[1]} pixels; send a 28x28 digit, as MNIST's")
+    return np.asarray(image.convert("L"), dtype=np.float32)[None]
+
+
+def _json(body: bytes, max_digits: int) -> np.ndarray:
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadRequest(f"the body is neither JSON nor a PNG ({first_line(err)})") from None
+    if isinstance(value, dict):
+        if "instances" not in value:
+            raise BadRequest('a JSON object must hold the digits under "instances"; or POST the array itself')
+        value = value["instances"]
+    try:
+        pixels = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise BadRequest("the JSON is not a rectangular array of numbers (rows of unequal length, or text)") from None
+    digits = _shape(pixels)
+    if len(digits) == 0:
+        raise BadRequest("the batch is empty; send at least one digit")
+    if len(digits) > max_digits:
+        raise BadRequest(f"{len(digits)} digits in one request, over --max-digits {max_digits}; split the batch")
+    if not np.isfinite(digits).all() or digits.min() < 0 or digits.max() > 255:
+        raise BadRequest(
+            f"pixel values must be between 0 and 255, got {np.nanmin(digits):g} to {np.nanmax(digits):g}"
+            if np.isfinite(digits).all()
+            else "pixel values must be finite numbers between 0 and 255 (found NaN or infinity)"
+        )
+    return digits.astype(np.float32)
+
+
+def _shape(pixels: np.ndarray) -> np.ndarray:
+    if pixels.shape in ((SIDE, SIDE), (PIXELS,)):
+        return pixels.reshape(1, SIDE, SIDE)
+    if pixels.ndim == 3 and pixels.shape[1:] == (SIDE, SIDE) or pixels.ndim == 2 and pixels.shape[1] == PIXELS:
+        return pixels.reshape(-1, SIDE, SIDE)
+    if pixels.ndim == 1 and len(pixels) == 0:
+        return pixels.reshape(0, SIDE, SIDE)
+    raise BadRequest(
+        f"an array of shape {list(pixels.shape)} is not digits; send [28][28] (one digit), [N][28][28] or [N][784]"
+    )
+
+
+class Digits:
+    """One replica: the model, loaded once, and the HTTP routes. Requests are batched (@serve.batch) into one model
+    call; the call runs in a thread, so the event loop keeps gathering the next batch."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        from ray.serve.metrics import Counter, Histogram
+
+        from job.evaluate import load_model, read_model
+
+        self.config = config
+        self.model = load_model(read_model(config.model_uri))
+        self._predict = _compiled(self.model, config.gpus_per_replica > 0)
+        self._predict(np.zeros((1, SIDE, SIDE), np.float32))  # trace now, not on the first request
+        self.infer.set_max_batch_size(config.max_batch_size)
+        self.infer.set_batch_wait_timeout_s(config.batch_wait_ms / 1000)
+        tags = ("model", "code")
+        self.requests = Counter("mnist_serve_requests", "HTTP requests answered, by status code.", tag_keys=tags)
+        self.latency = Histogram(
+            "mnist_serve_request_duration_seconds",
+            "Time from a request's arrival at the replica to its answer.",
+            LATENCY_BOUNDARIES,
+            tag_keys=tags,
+        )
+        self.batch_size = Histogram(
+            "mnist_serve_batch_size",
+            "Digits in one model call (all the requests batched).",
+            BATCH_BOUNDARIES,
+            ("model",),
+        )
+        for metric in (self.requests, self.latency, self.batch_size):
+            metric.set_default_tags({"model": self.model.name})
+
+    async def __call__(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        started, code = time.perf_counter(), 200
+        try:
+            answer = await self._route(request)
+        except BadRequest as err:
+            code, answer = 400, {"error": str(err)}
+        except Exception as err:  # a bug or a model failure: one line to the client, the replica lives on
+            logging.getLogger(__name__).exception("request failed")
+            code, answer = 500, {"error": f"prediction failed: {first_line(err)}"}
+        if isinstance(answer, tuple):
+            code, answer = answer
+        self.requests.inc(tags={"code": str(code)})
+        self.latency.observe(time.perf_counter() - started, tags={"code": str(code)})
+        return JSONResponse(answer, status_code=code)
+
+    async def _route(self, request: Any) -> Any:
+        path = request.url.path.rstrip("/") or "/"
+        if path == "/healthz":
+            return {"status": "ok", "model": self.model.name}
+        if path != "/predict":
+            return 404, {"error": f"no route {path}; POST digits to /predict, GET /healthz"}
+        if request.method != "POST":
+            return 405, {"error": "POST the digits to /predict"}
+        digits = parse(await request.body(), request.headers.get("content-type", ""), self.config.max_digits)
+        probabilities = await self.infer(digits)
+        return {
+            "model": self.model.name,
+            "predictions": [{"class": int(p.argmax()), "probabilities": p.tolist()} for p in probabilities],
+        }
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)  # set from the config in __init__
+    async def infer(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """Every waiting request's digits in one model call; each request gets its own rows back."""
+        stacked = np.concatenate(batches)
+        self.batch_size.observe(len(stacked))
+        probabilities = await asyncio.to_thread(self._predict, stacked)
+        return np.split(probabilities, np.cumsum([len(b) for b in batches[:-1]]))
+
+
+def _compiled(model: Any, gpu: bool) -> Any:
+    """model(x) as one traced function for any batch size; pixels scaled as in training (job.models.features)."""
+    import tensorflow as tf
+
+    if gpu and not tf.config.list_physical_devices("GPU"):
+        raise RuntimeError(
+            "--gpus-per-replica was given but TensorFlow sees no GPU on this replica's node: check the NVIDIA driver "
+            "and that the GPU image is used, or set --gpus-per-replica 0"
+        )
+    shape = (None, *model.input_shape[1:])
+    call = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec(shape, tf.float32)])
+    return lambda digits: call((digits / np.float32(255.0)).reshape((-1, *shape[1:]))).numpy()
+
+
+def app(args: dict[str, Any]) -> Any:
+    """The Ray Serve application: `serve run job.serve:app model_uri=s3://...` or a RayService's serveConfigV2 with
+    `import_path: job.serve:app` and the same args as the CLI's flags."""
+    config = args if isinstance(args, ServeConfig) else ServeConfig(**args)
+    return _deployment(config).bind(config)
+
+
+def _deployment(config: ServeConfig) -> Any:
+    return serve.deployment(Digits, name="digits").options(
+        num_replicas=config.replicas,
+        ray_actor_options={"num_cpus": config.cpus_per_replica, "num_gpus": config.gpus_per_replica},
+        max_ongoing_requests=max(100, 2 * config.max_batch_size),
+        health_check_period_s=10,
+    )
+
+
+def run(config: ServeConfig) -> int:
+    """Check the model, start (or join) Ray, deploy, print where it serves, and serve until SIGINT or SIGTERM."""
+    from job.evaluate import read_model
+
+    read_model(config.model_uri)  # a missing or unreadable model fails here, in one line, before Ray starts
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with _ray(config):
+        _check_resources(config)
+        serve.start(http_options={"host": config.host, "port": config.port}, logging_config=_serve_logging(config))
+        try:
+            try:
+                serve.run(app(config), name=APP_NAME, route_prefix="/", logging_config=_serve_logging(config))
+            except RuntimeError as err:
+                raise ConfigError(f"the model server did not start: {_deploy_failure(err)}") from None
+            print(_banner(config), flush=True)
+            stop.wait()
+            print("stopping", flush=True)
+        finally:
+            if config.address:  # a local Ray takes its replicas with it when it shuts down
+                serve.delete(APP_NAME)
+    return 0
+
+
+@contextlib.contextmanager
+def _ray(config: ServeConfig) -> Iterator[None]:
+    """A private local Ray (quiet: Ray's logs stay in its session folder), or the cluster at --address."""
+    import ray
+
+    from job import cluster
+
+    quiet = not config.verbose
+    for name in ("ray", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.INFO)  # e.g. Ray's token-auth notice
+    if config.address:
+        cluster.check(config.address)
+        ray.init(address=config.address, log_to_driver=not quiet, configure_logging=False)
+    else:
+        ray.init(
+            address="local",
+            num_cpus=max(os.cpu_count() or 1, int(config.replicas * config.cpus_per_replica + 0.999)),
+            include_dashboard=False,
+            log_to_driver=not quiet,
+            configure_logging=False,
+            _metrics_export_port=config.metrics_port or None,
+            _system_config={"metrics_report_interval_ms": 2000},
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _check_resources(config: ServeConfig) -> None:
+    import ray
+
+    have = ray.cluster_resources()
+    for what, per in (("CPU", config.cpus_per_replica), ("GPU", config.gpus_per_replica)):
+        need = per * config.replicas
+        if need > have.get(what, 0) + 1e-9:
+            raise ConfigError(
+                f"{config.replicas} replicas x {per:g} {what} need {need:g} {what}s, the Ray cluster has "
+                f"{have.get(what, 0):g}; lower --replicas or --{what.lower()}s-per-replica"
+            )
+
+
+def _serve_logging(config: ServeConfig) -> dict[str, str]:
+    return {"log_level": "INFO" if config.verbose else "WARNING"}
+
+
+def _deploy_failure(err: BaseException) -> str:
+    """The replica's own error, out of the deployment's status message (a traceback), else Serve's message."""
+    from ray import serve
+
+    try:
+        deployments = serve.status().applications[APP_NAME].deployments.values()
+        text = "\n".join(d.message for d in deployments)
+    except Exception:  # the status itself is unavailable: Serve's own message is all there is
+        text = ""
+    lines = [line.strip() for line in (text or str(err)).splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"^[\w.]*(Error|Exception): ", line)]
+    return (causes[-1] if causes else lines[0] if lines else type(err).__name__)[:500]
+
+
+def _banner(config: ServeConfig) -> str:
+    import ray
+
+    where = f"http://{config.host}:{config.port}"
+    batching = (
+        "no batching"
+        if config.max_batch_size == 1
+        else f"batches of up to {config.max_batch_size} requests ({config.batch_wait_ms:g} ms wait)"
+    )
+    metrics = ""
+    if not config.address:
+        port = ray._private.worker.global_worker.node.metrics_export_port
+        metrics = f"; metrics at http://127.0.0.1:{port}/metrics"
+    replicas = f"{config.replicas} replica{'s' * (config.replicas > 1)}"
+    return f"serving {config.model_uri} at {where}/predict: {replicas}, {batching}{metrics}; Ctrl-C stops"

@@ -1,0 +1,338 @@
+"""`mnist-train serve` against a real local Ray Serve: the answers are the saved model's, bad input gets a 400 with one
+line and leaves the replicas serving, the metrics reach Ray's /metrics, a killed replica comes back, and a missing
+model fails at start.
+
+One server (2 replicas) serves the cnn of the shared sample run for the whole module; the replica-kill test runs last.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from ray_head import ray_head
+
+from support import ROOT, free_port, run_job
+
+MAX_DIGITS = 200
+REPLICA = "ServeReplica:mnist:digits"
+
+
+class Server:
+    """`python -m job serve ARGS` in its own process group, its console read as it comes."""
+
+    def __init__(self, *args: str, ray_tmp: str) -> None:
+        self.port, self.metrics_port = free_port(), free_port()
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "job", "serve", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
+             *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True,
+            env={**os.environ, "RAY_TMPDIR": ray_tmp},
+        )  # fmt: skip
+        threading.Thread(target=lambda: self.lines.extend(line.rstrip("\n") for line in self.process.stdout),
+                         daemon=True).start()  # fmt: skip
+
+    def wait_serving(self, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(line.startswith("serving ") for line in self.lines):
+            assert self.process.poll() is None, "\n".join(self.lines)
+            assert time.monotonic() < deadline, "no 'serving' line:\n" + "\n".join(self.lines)
+            time.sleep(0.5)
+
+    def post(self, body: bytes, content_type: str = "application/json", timeout: float = 60) -> tuple[int, dict]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/predict", data=body, method="POST",
+                                         headers={"Content-Type": content_type})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, _json_or_text(err.read())
+
+    def get(self, path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def replicas(self) -> list[psutil.Process]:
+        found = []
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            try:
+                if REPLICA in " ".join(child.cmdline()):
+                    found.append(child)
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    def stop(self) -> int | None:
+        """Ctrl-C, as a user stops it; the process group is killed if it does not go within 60 s."""
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            return None
+
+
+def _json_or_text(body: bytes) -> dict:
+    """Our errors are JSON; Ray Serve's proxy answers a lost replica's request in plain text."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return {"text": body.decode(errors="replace")}
+
+
+def digits_json(x: np.ndarray) -> bytes:
+    return json.dumps(x.astype(int).tolist()).encode()
+
+
+@pytest.fixture(scope="module")
+def sample():
+    from job.data import load
+
+    return load("mnist-sample", None)
+
+
+@pytest.fixture(scope="module")
+def server(sample_run) -> Iterator[Server]:
+    ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must stay short
+    server = Server("--model-uri", str(sample_run.output / "cnn"), "--replicas", "2", "--max-digits", str(MAX_DIGITS),
+                    ray_tmp=ray_tmp)  # fmt: skip
+    try:
+        server.wait_serving()
+        yield server
+    finally:
+        code = server.stop()
+        subprocess.run(["rm", "-rf", ray_tmp], check=False)
+        assert code == 0, "\n".join(server.lines)
+
+
+def test_the_served_answers_are_the_saved_models_on_every_test_digit(server, sample_run, sample) -> None:
+    from job.evaluate import load_model, read_model
+    from job.models import features
+
+    classes, probabilities = [], []
+    for start in range(0, len(sample.y_test), 100):
+        code, answer = server.post(digits_json(sample.x_test[start : start + 100]))
+        assert code == 200, answer
+        assert answer["model"] == "cnn"
+        classes += [p["class"] for p in answer["predictions"]]
+        probabilities += [p["probabilities"] for p in answer["predictions"]]
+    model = load_model(read_model(str(sample_run.output / "cnn")))
+    expected = model.predict(features(sample.x_test, model), verbose=0)
+    np.testing.assert_allclose(np.array(probabilities), expected, atol=1e-5)
+    assert classes == expected.argmax(axis=1).tolist()
+    error = float((np.array(classes) != sample.y_test).mean())
+    results = json.loads((sample_run.output / "results.json").read_text())
+    assert error == pytest.approx(results["models"]["cnn"]["test_error"], abs=1e-9)  # what `evaluate` prints
+    out = run_job("evaluate", "--model-uri", str(sample_run.output / "cnn"), "--dataset", "mnist-sample")
+    assert f"error {error * 100:.2f}%" in out.stdout, out.stdout + out.stderr
+
+
+def test_one_digit_as_json_rows_flat_pixels_or_png_gets_the_same_answer(server, sample) -> None:
+    from PIL import Image
+
+    digit = sample.x_test[0]
+    png = io.BytesIO()
+    Image.fromarray(digit).save(png, format="PNG")
+    answers = [
+        server.post(digits_json(digit)),
+        server.post(digits_json(digit.reshape(784))),
+        server.post(json.dumps({"instances": [digit.tolist()]}).encode()),
+        server.post(png.getvalue(), "image/png"),
+    ]
+    assert [code for code, _ in answers] == [200] * 4, answers
+    first = answers[0][1]["predictions"]
+    assert len(first) == 1 and len(first[0]["probabilities"]) == 10
+    assert sum(first[0]["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+    for _, answer in answers[1:]:
+        assert answer["predictions"][0]["class"] == first[0]["class"]
+        np.testing.assert_allclose(answer["predictions"][0]["probabilities"], first[0]["probabilities"], atol=1e-6)
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", size).save(out, format="PNG")
+    return out.getvalue()
+
+
+BAD = {
+    "empty body": (b"", "application/json", r"^empty body"),
+    "wrong shape": (b"[[1, 2], [3, 4]]", "application/json", r"shape \[2, 2\] is not digits"),
+    "ragged rows": (b"[[1, 2], [3]]", "application/json", r"not a rectangular array"),
+    "text": (b'[["a"]]', "application/json", r"not a rectangular array"),
+    "not JSON": (b"hello", "application/json", r"neither JSON nor a PNG"),
+    "above 255": (json.dumps([[256] * 28] * 28).encode(), "application/json", r"between 0 and 255, got 256 to 256"),
+    "negative": (json.dumps([[-1] * 28] * 28).encode(), "application/json", r"between 0 and 255, got -1 to -1"),
+    "NaN": (b"[" + b",".join([b"NaN"] * 784) + b"]", "application/json", r"found NaN"),
+    "empty batch": (b"[]", "application/json", r"batch is empty"),
+    "batch too large": (json.dumps([[[0] * 28] * 28] * (MAX_DIGITS + 1)).encode(), "application/json",
+                        rf"{MAX_DIGITS + 1} digits in one request, over --max-digits {MAX_DIGITS}"),
+    "not an image": (b"GIF89a not a png", "image/png", r"not a readable PNG"),
+    "image 20x28": (_png((20, 28)), "image/png", r"20x28 pixels; send a 28x28 digit"),
+    "object without instances": (b'{"digits": []}', "application/json", r'under "instances"'),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_input_gets_400_with_one_line_and_the_server_keeps_serving(server, case) -> None:
+    body, content_type, message = BAD[case]
+    code, answer = server.post(body, content_type)
+    assert code == 400, answer
+    assert re.search(message, answer["error"]), answer["error"]
+    assert "\n" not in answer["error"]
+    assert server.get("/healthz") == (200, {"status": "ok", "model": "cnn"})
+
+
+def test_a_body_over_the_size_limit_is_refused_before_parsing(server) -> None:
+    code, answer = server.post(b"[" + b" " * (MAX_DIGITS * 784 * 24) + b"]")
+    assert code == 400 and "bytes is over the" in answer["error"], answer
+
+
+def test_unknown_routes_and_methods_say_where_to_go(server) -> None:
+    assert server.get("/nowhere") == (404, {"error": "no route /nowhere; POST digits to /predict, GET /healthz"})
+    assert server.get("/predict") == (405, {"error": "POST the digits to /predict"})
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        return response.read().decode()
+
+
+def _value(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_requests_latency_and_batch_sizes_reach_rays_metrics(server, sample) -> None:
+    before = _scrape(server.metrics_port)
+    ok_before = _value(before, "ray_mnist_serve_requests_total", code="200", model="cnn")
+    bad_before = _value(before, "ray_mnist_serve_requests_total", code="400", model="cnn")
+    for _ in range(5):
+        assert server.post(digits_json(sample.x_test[:3]))[0] == 200
+    assert server.post(b"")[0] == 400
+
+    def expected(text: str) -> list[bool]:
+        ok = _value(text, "ray_mnist_serve_requests_total", code="200", model="cnn")
+        return [
+            ok >= ok_before + 5,
+            _value(text, "ray_mnist_serve_requests_total", code="400", model="cnn") >= bad_before + 1,
+            _value(text, "ray_mnist_serve_request_duration_seconds_count", code="200", model="cnn") >= ok_before + 5,
+            _value(text, "ray_mnist_serve_batch_size_bucket", model="cnn", le="+Inf") >= 1,
+            "ray_serve_num_http_requests_total" in text,  # Ray Serve's own, beside ours
+        ]
+
+    deadline = time.monotonic() + 60  # each process exports every 2 s here, each on its own clock
+    while not all(expected(text := _scrape(server.metrics_port))) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert all(expected(text)), (expected(text), text[-2000:])
+
+
+def test_a_replica_killed_under_load_comes_back_and_only_requests_in_flight_fail(server, sample) -> None:
+    """Runs last in the module: 8 clients post without pause; one replica is SIGKILLed; Serve starts another."""
+    body, clients, stop = digits_json(sample.x_test[:10]), 8, threading.Event()
+    outcomes: list[tuple[float, int]] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                code, _ = server.post(body, timeout=30)
+            except OSError:
+                code = -1
+            outcomes.append((time.monotonic(), code))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(5)
+    victims = server.replicas()
+    assert len(victims) == 2, [p.cmdline() for p in victims]
+    killed_at = time.monotonic()
+    victims[0].kill()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len([p for p in server.replicas() if p.pid != victims[0].pid]) < 2:
+        time.sleep(1)
+    time.sleep(5)
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    replaced = [p for p in server.replicas() if p.pid != victims[0].pid]
+    failed = [code for _, code in outcomes if code != 200]
+    late = [code for at, code in outcomes if at > killed_at + 30 and code != 200]
+    print(f"replica kill: {len(outcomes)} requests, {len(failed)} failed ({sorted(set(failed))}), {clients} in flight")
+    assert len(replaced) == 2, "Serve did not replace the killed replica"
+    assert len(failed) <= clients, f"{len(failed)} failed requests, more than the {clients} that were in flight"
+    assert not late, f"requests still failing 30 s after the kill: {late}"
+    assert server.get("/healthz")[0] == 200
+
+
+def test_a_missing_model_fails_at_start_in_one_line_before_ray_starts(tmp_path: Path) -> None:
+    started = time.monotonic()
+    out = run_job("serve", "--model-uri", str(tmp_path / "nothing-here"), env={"TMPDIR": str(tmp_path)})
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"mnist-train: error: no model.keras at {tmp_path / 'nothing-here' / 'model.keras'}; point --model-uri at a "
+        "run's <model>/ folder or a model.keras file"
+    ]
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--replicas", "0"], "--replicas must be between 1 and 1000, got 0"),
+        (["--max-batch-size", "0"], "--max-batch-size must be between 1 and 1000, got 0 (1 turns batching off)"),
+        (["--port", "70000"], "--port must be between 1 and 65535, got 70000"),
+        (["--model-uri", "http://example.com/m"], "has the unsupported scheme 'http://'"),
+    ],
+)
+def test_bad_flags_fail_in_one_line(flags: list[str], message: str) -> None:
+    out = run_job("serve", "--model-uri", "m/", *flags)
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
+
+
+def test_more_gpus_than_the_local_machine_has_fail_in_one_line_before_deploying(sample_run) -> None:
+    out = run_job("serve", "--model-uri", str(sample_run.output / "cnn"), "--gpus-per-replica", "1")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "mnist-train: error: 1 replicas x 1 GPU need 1 GPUs, the Ray cluster has 0; lower --replicas or "
+        "--gpus-per-replica"
+    ), out.stderr
+
+
+def test_a_gpu_that_tensorflow_cannot_see_fails_the_deploy_in_one_line(sample_run) -> None:
+    """A Ray node started with --num-gpus 1 on this CPU machine: Ray places the replica, TensorFlow finds no GPU."""
+    with ray_head("--num-gpus", "1") as head:
+        started = time.monotonic()
+        out = run_job("serve", "--address", head.gcs_address, "--model-uri", str(sample_run.output / "cnn"),
+                      "--gpus-per-replica", "1", "--port", str(free_port()), env=head.env)  # fmt: skip
+        seconds = time.monotonic() - started
+    errors = [line for line in out.stderr.splitlines() if line.startswith("mnist-train: error:")]
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert len(errors) == 1 and "the model server did not start" in errors[0], out.stderr[-3000:]
+    assert "--gpus-per-replica was given but TensorFlow sees no GPU" in errors[0]
+    assert seconds < 180, f"took {seconds:.0f}s"
