@@ -35,6 +35,7 @@ DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RUN = 'namespace=~"$namespace", job=~"$job", run=~"$run"'
 MODEL = RUN + ', model=~"$model"'
 RAY = 'namespace=~"$namespace", ray_train_run_name=~"$run"'
+SERVE = 'namespace=~"$namespace", application="mnist"'  # `mnist-train serve` (job/serve.py), through Ray's metrics
 INFO_LABELS = (
     "run, dataset, workers, gpu, device_type, device_name, devices, version, python_version, tensorflow_version, "
     "tf_keras_version, ray_version"
@@ -308,6 +309,23 @@ def _ray_row(d: dash.Dashboard) -> dash.Dashboard:
     )
 
 
+def _serve_row(d: dash.Dashboard) -> dash.Dashboard:
+    d = d.with_row(dash.Row("Serving (mnist-train serve)"))
+    panels = [
+        ("Requests per second by status", f"sum by (code) (rate(ray_mnist_serve_requests_total{{{SERVE}}}[1m]))",
+         "{{code}}", "reqps", "HTTP answers of the model server per second; 400s are bad input, 500s failures."),
+        ("Request latency p50",
+         f"histogram_quantile(0.5, sum by (le) (rate(ray_mnist_serve_request_duration_seconds_bucket{{{SERVE}}}[1m])))",
+         "p50", "s", "Median time from a request's arrival at a replica to its answer, all status codes."),
+        ("Digits per model call (p50)",
+         f"histogram_quantile(0.5, sum by (le) (rate(ray_mnist_serve_batch_size_bucket{{{SERVE}}}[1m])))",
+         "p50", "none", "How many digits @serve.batch gathered into one model call."),
+    ]  # fmt: skip
+    for title, expr, legend, unit, description in panels:
+        d = d.with_panel(ray_panel(title, expr, legend, unit, description))
+    return d
+
+
 def build() -> dict:
     """The dashboard as a JSON-ready dict."""
     d = (
@@ -322,7 +340,7 @@ def build() -> dict:
         .tooltip(DashboardCursorSync.CROSSHAIR)
         .variables(variables())
     )
-    d = _ray_row(_epoch_row(_outcome_row(d)))
+    d = _serve_row(_ray_row(_epoch_row(_outcome_row(d))))
     return json.loads(json.dumps(d.build(), cls=JSONEncoder))
 
 

@@ -74,3 +74,20 @@ def test_every_query_uses_known_metrics_and_is_valid_promql(tmp_path: Path) -> N
     check = subprocess.run([binary("promtool"), "check", "rules", str(rules_file)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert f"SUCCESS: {len(exprs)} rules found" in check.stdout
+
+
+def test_the_serving_row_queries_the_metrics_the_model_server_exports() -> None:
+    """Ray exports a replica's metric `name` as ray_<name>, with _total for counters and _bucket for histograms."""
+    import re
+
+    from job import serve
+
+    source = Path(serve.__file__).read_text()
+    exported = set(re.findall(r'(?:Counter|Histogram)\(\s*"(mnist_serve_\w+)"', source))
+    assert exported == {"mnist_serve_requests", "mnist_serve_request_duration_seconds", "mnist_serve_batch_size"}
+    serving = [p for p in panels() if "ray_mnist_serve_" in p["targets"][0]["expr"]]
+    assert {p["title"] for p in serving} == {
+        "Requests per second by status", "Request latency p50", "Digits per model call (p50)"}  # fmt: skip
+    for panel in serving:
+        names = set(re.findall(r"ray_(mnist_serve_\w+?)(?:_total|_bucket)\b", panel["targets"][0]["expr"]))
+        assert names and names <= exported, (panel["title"], names)
