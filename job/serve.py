@@ -189,7 +189,10 @@ def _compiled(model: Any, gpu: bool) -> Any:
             "and that the GPU image is used, or set --gpus-per-replica 0"
         )
     shape = (None, *model.input_shape[1:])
-    call = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec(shape, tf.float32)])
+    # No autograph: nothing here to convert, and it would leave a generated .py file per replica in TMPDIR.
+    call = tf.function(
+        lambda x: model(x, training=False), input_signature=[tf.TensorSpec(shape, tf.float32)], autograph=False
+    )
     return lambda digits: call((digits / np.float32(255.0)).reshape((-1, *shape[1:]))).numpy()
 
 

@@ -36,14 +36,14 @@ REPLICA = "ServeReplica:mnist:digits"
 class Server:
     """`python -m job serve ARGS` in its own process group, its console read as it comes."""
 
-    def __init__(self, *args: str, ray_tmp: str) -> None:
+    def __init__(self, *args: str, ray_tmp: str, tmpdir: str) -> None:
         self.port, self.metrics_port = free_port(), free_port()
         self.lines: list[str] = []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "job", "serve", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
              *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True,
-            env={**os.environ, "RAY_TMPDIR": ray_tmp},
+            env={**os.environ, "RAY_TMPDIR": ray_tmp, "TMPDIR": tmpdir},
         )  # fmt: skip
         threading.Thread(target=lambda: self.lines.extend(line.rstrip("\n") for line in self.process.stdout),
                          daemon=True).start()  # fmt: skip
@@ -112,10 +112,11 @@ def sample():
 
 
 @pytest.fixture(scope="module")
-def server(sample_run) -> Iterator[Server]:
+def server(sample_run, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must stay short
+    tmpdir = tmp_path_factory.mktemp("serve-tmp")
     server = Server("--model-uri", str(sample_run.output / "cnn"), "--replicas", "2", "--max-digits", str(MAX_DIGITS),
-                    ray_tmp=ray_tmp)  # fmt: skip
+                    ray_tmp=ray_tmp, tmpdir=str(tmpdir))  # fmt: skip
     try:
         server.wait_serving()
         yield server
@@ -123,6 +124,7 @@ def server(sample_run) -> Iterator[Server]:
         code = server.stop()
         subprocess.run(["rm", "-rf", ray_tmp], check=False)
         assert code == 0, "\n".join(server.lines)
+        assert sorted(p.name for p in tmpdir.iterdir()) == [], "the server left files in its TMPDIR"
 
 
 def test_the_served_answers_are_the_saved_models_on_every_test_digit(server, sample_run, sample) -> None:
