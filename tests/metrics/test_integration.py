@@ -119,9 +119,13 @@ def test_the_run_outcome_was_pushed(run: Run) -> None:
 
 
 def test_every_dashboard_panel_query_returns_data(run: Run) -> None:
+    """Every training panel; the Serving row's metrics come from `mnist-train serve`, which a training run does not
+    start (tests/test_serve.py reads them from a real server's Ray /metrics; test_dashboard.py checks the names)."""
     empty = []
     for panel in dashboard.build()["panels"]:
         for target in panel.get("targets", []):
+            if "ray_mnist_serve_" in target["expr"]:
+                continue
             expr = fill(target["expr"], run)
             if target.get("instant"):
                 result = run.at_end(expr)
