@@ -11,6 +11,7 @@ import os
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -129,6 +130,13 @@ def upload_dir(local_dir: str | Path, uri: str) -> None:
     root = Path(local_dir)
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
         write_bytes(join(uri, file.relative_to(root).as_posix()), file.read_bytes())
+
+
+def download_checkpoint(checkpoint: Any, local_dir: str | Path) -> Path:
+    """A Ray Train checkpoint's files copied into `local_dir`, a folder private to this process. Not
+    `Checkpoint.to_directory`: its lock against other processes leaves a file in $TMPDIR/_ray_lockfiles each time."""
+    pafs.copy_files(checkpoint.path, str(local_dir), source_filesystem=checkpoint.filesystem)
+    return Path(local_dir)
 
 
 def probe_writable(uri: str) -> None:

@@ -48,7 +48,7 @@ def run(config: TrainConfig, dataset: Dataset, log_stream: TextIO) -> dict[str, 
         saved = _fit_in_process(config, dataset) if config.in_process else _fit_on_ray(config, dataset)
         if saved is None:
             raise RuntimeError("training ended without a checkpoint")
-        saved.to_directory(final)
+        storage.download_checkpoint(saved, final)
         results = artifacts.write(config, dataset, Path(final), started=started)
     artifacts.print_summary(results)
     return results

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from job import checkpoint, devices
+from job import checkpoint, devices, storage
 from job.checkpoint import RunState
 from job.config import TrainConfig, is_ensemble, model_of
 from job.data import Dataset, epoch_indices
@@ -94,7 +94,7 @@ def _quiet_logs() -> None:
 def _restore(saved: Any, workdir: Path) -> tuple[RunState, Path | None]:
     if saved is None:
         return RunState(), None
-    folder = Path(saved.to_directory(str(workdir / "restored")))
+    folder = storage.download_checkpoint(saved, workdir / "restored")
     state = RunState.load(folder)
     done = {name: len(info["history"]) for name, info in state.finished.items()}
     say(f"resuming from checkpoint: finished {done or 'none'}, {state.current or '-'} at epoch {len(state.history)}")
