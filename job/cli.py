@@ -87,11 +87,11 @@ def _add(
     parser.add_argument(flag, dest=dest, type=type_, default=default, help=f"{help_}{shown} [env: {env}]", **kw)
 
 
-def _add_switch(parser: argparse.ArgumentParser, flag: str, help_: str) -> None:
+def _add_switch(parser: argparse.ArgumentParser, flag: str, help_: str, default: bool = False) -> None:
     dest = flag.lstrip("-").replace("-", "_")
     env = env_name(dest)
     try:
-        default = _bool(os.environ.get(env, "false"))
+        default = _bool(os.environ.get(env, str(default).lower()))
     except argparse.ArgumentTypeError as err:
         parser.error(f"{env}: {err}")
     parser.add_argument(
@@ -269,6 +269,13 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         _optional,
         os.environ.get("RAY_ADDRESS"),
         "Ray cluster to deploy on (RAY_ADDRESS also works); none starts a local one",
+    )
+    _add_switch(
+        p,
+        "--haproxy",
+        "a local Ray's HTTP ingress is HAProxy (Ray Serve's high-throughput mode), not Serve's Python proxy; "
+        "a cluster's is set where it starts (default: on)",
+        d["haproxy"],
     )
     _add_switch(p, "--verbose", "show Ray's own log lines too")
 

@@ -283,6 +283,7 @@ class ServeConfig:
     port: int = 8000
     metrics_port: int = 0  # local Ray's metrics export port (its /metrics); 0 = Ray picks one
     address: str | None = None
+    haproxy: bool = True  # a local Ray's ingress: HAProxy (Serve's high-throughput mode), else Serve's Python proxy
     verbose: bool = False
 
     def __post_init__(self) -> None:

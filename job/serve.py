@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +34,13 @@ BYTES_PER_DIGIT = PIXELS * 24  # a generous JSON pixel ("254.99999, "): the body
 LATENCY_BOUNDARIES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Ray Serve's high-throughput mode (Ray >= 2.55): HAProxy, not Serve's Python proxy, takes the HTTP requests and passes
+# them to each replica's own HTTP server. Ray Serve reads these as its processes start: a local Ray gets them from
+# `run`; a cluster from where it starts (the chart sets them).
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# Short names: HAProxy binds a Unix socket at "<path>.<pid>.tmp" first, and a socket's path has 107 bytes at most.
+HAPROXY_FILES = {"CONFIG_FILE_LOC": "haproxy.cfg", "SOCKET_PATH": "a.sock", "SERVER_STATE_FILE": "server-state",
+                 "METRICS_SOCKET_PATH": "m.sock"}  # fmt: skip
 
 
 class BadRequest(ValueError):
@@ -247,23 +255,40 @@ def _ray(config: ServeConfig) -> Iterator[None]:
     quiet = not config.verbose
     for name in ("ray", "ray.serve"):
         logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.INFO)  # e.g. Ray's token-auth notice
-    if config.address:
-        cluster.check(config.address)
-        ray.init(address=config.address, log_to_driver=not quiet, configure_logging=False)
-    else:
-        ray.init(
-            address="local",
-            num_cpus=max(os.cpu_count() or 1, int(config.replicas * config.cpus_per_replica + 0.999)),
-            include_dashboard=False,
-            log_to_driver=not quiet,
-            configure_logging=False,
-            _metrics_export_port=config.metrics_port or None,
-            _system_config={"metrics_report_interval_ms": 2000},
-        )
-    try:
+    with contextlib.ExitStack() as stack:
+        if config.address:
+            cluster.check(config.address)
+            ray.init(address=config.address, log_to_driver=not quiet, configure_logging=False)
+        else:
+            stack.enter_context(_haproxy(config.haproxy))
+            ray.init(
+                address="local",
+                num_cpus=max(os.cpu_count() or 1, int(config.replicas * config.cpus_per_replica + 0.999)),
+                include_dashboard=False,
+                log_to_driver=not quiet,
+                configure_logging=False,
+                _metrics_export_port=config.metrics_port or None,
+                _system_config={"metrics_report_interval_ms": 2000},
+            )
+        stack.callback(ray.shutdown)  # first, then the HAProxy folder
         yield
-    finally:
-        ray.shutdown()
+
+
+@contextlib.contextmanager
+def _haproxy(on: bool) -> Iterator[None]:
+    """HAPROXY_ENV for the local Ray's processes, HAProxy's files in a folder of ours beside Ray's own (RAY_TMPDIR),
+    removed after Ray stops (Serve's default, /tmp/haproxy-serve, would stay behind)."""
+    if not on:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="hap-", dir=os.environ.get("RAY_TMPDIR", "/tmp")) as folder:
+        # Serve adds a folder named for the node id (56 characters); HAProxy adds ".<pid>.tmp" (up to 12).
+        if len(folder) + 58 + len("a.sock") + 12 > 107:
+            raise ConfigError(f"HAProxy's socket paths under {folder} would be over 107 bytes; set RAY_TMPDIR to a "
+                              "shorter folder (Ray's own default is /tmp), or use --no-haproxy")  # fmt: skip
+        os.environ.update(HAPROXY_ENV, RAY_SERVE_HAPROXY_SERVER_STATE_BASE=folder)
+        os.environ.update({f"RAY_SERVE_HAPROXY_{key}": os.path.join(folder, f) for key, f in HAPROXY_FILES.items()})
+        yield
 
 
 def _check_resources(config: ServeConfig) -> None:
@@ -311,4 +336,5 @@ def _banner(config: ServeConfig) -> str:
         port = ray._private.worker.global_worker.node.metrics_export_port
         metrics = f"; metrics at http://127.0.0.1:{port}/metrics"
     replicas = f"{config.replicas} replica{'s' * (config.replicas > 1)}"
-    return f"serving {config.model_uri} at {where}/predict: {replicas}, {batching}{metrics}; Ctrl-C stops"
+    ingress = "" if config.address else ", HAProxy in front" if config.haproxy else ", Serve's Python proxy in front"
+    return f"serving {config.model_uri} at {where}/predict: {replicas}, {batching}{ingress}{metrics}; Ctrl-C stops"

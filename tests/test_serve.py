@@ -122,9 +122,41 @@ def server(sample_run, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
         yield server
     finally:
         code = server.stop()
+        left = sorted(p.name for p in Path(ray_tmp).iterdir())  # Ray's sessions, and HAProxy's folder until the end
         subprocess.run(["rm", "-rf", ray_tmp], check=False)
         assert code == 0, "\n".join(server.lines)
         assert sorted(p.name for p in tmpdir.iterdir()) == [], "the server left files in its TMPDIR"
+        assert left == ["ray"], f"the server left {left} beside Ray's sessions"
+
+
+def test_haproxy_takes_the_requests_by_default(server) -> None:
+    banner = next(line for line in server.lines if line.startswith("serving "))
+    assert "2 replicas, batches of up to 32 requests (5 ms wait), HAProxy in front" in banner, banner
+    haproxy = [p for p in psutil.Process(server.process.pid).children(recursive=True) if p.name() == "haproxy"]
+    assert haproxy and any(c.laddr.port == server.port for c in haproxy[0].net_connections("tcp")), haproxy
+
+
+def test_serves_the_same_answers_through_serves_python_proxy_without_batching(
+    server, sample_run, sample, tmp_path
+) -> None:
+    """--no-haproxy --max-batch-size 1: Serve's own proxy, one request per model call; the same answers."""
+    ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    plain = Server("--model-uri", str(sample_run.output / "cnn"), "--no-haproxy", "--max-batch-size", "1",
+                   ray_tmp=ray_tmp, tmpdir=str(tmp_path))  # fmt: skip
+    try:
+        plain.wait_serving()
+        body = digits_json(sample.x_test[:20])
+        (code, answer), (_, expected) = plain.post(body), server.post(body)
+    finally:
+        stopped = plain.stop()
+        subprocess.run(["rm", "-rf", ray_tmp], check=False)
+    banner = next(line for line in plain.lines if line.startswith("serving "))
+    assert "1 replica, no batching, Serve's Python proxy in front" in banner, banner
+    assert code == 200 and stopped == 0, plain.lines
+    assert [p["class"] for p in answer["predictions"]] == [p["class"] for p in expected["predictions"]]
+    np.testing.assert_allclose([p["probabilities"] for p in answer["predictions"]],
+                               [p["probabilities"] for p in expected["predictions"]], atol=1e-6)  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_the_served_answers_are_the_saved_models_on_every_test_digit(server, sample_run, sample) -> None:
@@ -317,13 +349,33 @@ def test_bad_flags_fail_in_one_line(flags: list[str], message: str) -> None:
     assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
 
 
-def test_more_gpus_than_the_local_machine_has_fail_in_one_line_before_deploying(sample_run) -> None:
-    out = run_job("serve", "--model-uri", str(sample_run.output / "cnn"), "--gpus-per-replica", "1")
+def test_more_gpus_than_the_local_machine_has_fail_in_one_line_before_deploying(sample_run, tmp_path) -> None:
+    ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    try:
+        out = run_job("serve", "--model-uri", str(sample_run.output / "cnn"), "--gpus-per-replica", "1",
+                      env={"TMPDIR": str(tmp_path), "RAY_TMPDIR": ray_tmp})  # fmt: skip
+        left = sorted(p.name for p in Path(ray_tmp).iterdir())
+    finally:
+        subprocess.run(["rm", "-rf", ray_tmp], check=False)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == (
         "mnist-train: error: 1 replicas x 1 GPU need 1 GPUs, the Ray cluster has 0; lower --replicas or "
         "--gpus-per-replica"
     ), out.stderr
+    assert left == ["ray"] and sorted(tmp_path.iterdir()) == [], left  # HAProxy's folder went too
+
+
+def test_a_ray_tmpdir_too_long_for_haproxys_sockets_fails_in_one_line(sample_run, tmp_path) -> None:
+    long = tmp_path / ("x" * 40)
+    long.mkdir()
+    out = run_job("serve", "--model-uri", str(sample_run.output / "cnn"), env={"RAY_TMPDIR": str(long)})
+    assert out.returncode == 2
+    assert re.fullmatch(
+        rf"mnist-train: error: HAProxy's socket paths under {re.escape(str(long))}/hap-\w+ would be over 107 bytes; "
+        r"set RAY_TMPDIR to a shorter folder \(Ray's own default is /tmp\), or use --no-haproxy",
+        out.stderr.strip(),
+    ), out.stderr
+    assert sorted(long.iterdir()) == []
 
 
 def test_a_gpu_that_tensorflow_cannot_see_fails_the_deploy_in_one_line(sample_run) -> None:
