@@ -319,11 +319,19 @@ SHARED = {
 }
 
 
+HAPROXY_ENV = [
+    {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"},
+    {"name": "RAY_SERVE_THROUGHPUT_OPTIMIZED", "value": "1"},
+]
+
+
 def without(template: dict[str, Any], ports: bool = True) -> dict[str, Any]:
-    """A Ray pod template less what differs by design: the ports and the chart's name label."""
+    """A Ray pod template less what differs by design: the ports, Serve's HAProxy switches and the name label."""
     template = copy.deepcopy(template)
     if ports:
         template["spec"]["containers"][0].pop("ports")
+    env = template["spec"]["containers"][0]["env"]
+    env[:] = [item for item in env if item not in HAPROXY_ENV]
     del template["metadata"]["labels"]["app.kubernetes.io/name"]
     return template
 
@@ -404,6 +412,16 @@ def test_ray_pods_expose_serve_and_metrics(rendered) -> None:
         assert group["rayStartParams"]["metrics-export-port"] == "8080"
     head = groups(rayservice)["head"]
     assert (head["rayStartParams"]["num-cpus"], head["serviceType"]) == ("0", "ClusterIP"), "no replica on the head"
+
+
+def test_haproxy_is_on_in_every_ray_pod_unless_turned_off(render_serve, rendered) -> None:
+    """Ray Serve reads its switches as its processes start, on the head (controller) and every node (HAProxy)."""
+    for role, group in groups(the(rendered["default"], "RayService")).items():
+        env = container(group)["env"]
+        assert [item for item in env if item in HAPROXY_ENV] == HAPROXY_ENV, role
+    off = the(render_serve({"serve": {"haproxy": False}}), "RayService")
+    for role, group in groups(off).items():
+        assert not [item for item in container(group)["env"] if item["name"].startswith("RAY_SERVE_")], role
 
 
 def test_podmonitor_scrapes_the_ray_pods_only(rendered) -> None:

@@ -171,8 +171,8 @@ applications:
 {{- end }}
 
 {{/*
-Environment of the head, the workers and the test pod: Keras 2 (tf-keras), object-storage access, and no GPUs for a
-pod that has none (called with dict "root" $ "gpu" <bool>).
+Environment of the Ray pods: Keras 2 (tf-keras), Serve's HAProxy mode (serve.haproxy), object-storage access, and no
+GPUs for a pod that has none (called with dict "root" $ "gpu" <bool>).
 */}}
 {{- define "mnist-serve.env" -}}
 {{- $root := .root -}}
@@ -180,6 +180,12 @@ pod that has none (called with dict "root" $ "gpu" <bool>).
   value: "1"
 - name: PYTHONUNBUFFERED
   value: "1"
+{{- if $root.Values.serve.haproxy }}
+- name: RAY_SERVE_ENABLE_HA_PROXY
+  value: "1"
+- name: RAY_SERVE_THROUGHPUT_OPTIMIZED
+  value: "1"
+{{- end }}
 {{- if not .gpu }}
 {{ include "mnist-serve.noGpuEnv" $root }}
 {{- end }}
