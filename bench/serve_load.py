@@ -3,9 +3,9 @@ TensorFlow loop in one process (the floor).
 
     .venv/bin/python bench/serve_load.py --model-uri RUN/<model> [--seconds 10] [--requests 400] [--json out.json]
 
-For each server setting (batching: the default --max-batch-size; none: --max-batch-size 1), one server is started,
-warmed up, and loaded by 1, 8 and 32 client threads (keep-alive HTTP connections), each posting requests of 1 digit
-and then of 100 digits until --requests are answered or --seconds have passed. Printed: p50/p99 latency, requests
+For each server setting (batching: the defaults, HAProxy in front; no batching: --max-batch-size 1; batching behind
+Serve's Python proxy: --no-haproxy), one server is started, warmed up, and loaded by 1, 8 and 32 client threads
+(keep-alive HTTP connections), each posting requests of 1 digit and then of 100 digits until --requests are answered or --seconds have passed. Printed: p50/p99 latency, requests
 and digits per second, failed requests. The floor: the same model called on the same batches in a loop in this
 process, one batch at a time. Targets (printed, never asserted): p50 <= 10 ms for one digit at 1 client; batching
 >= 3x the throughput of no batching at 32 clients; no failed request.
@@ -31,7 +31,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 CLIENTS, SIZES = (1, 8, 32), (1, 100)
-MODES = {"batching": [], "no batching": ["--max-batch-size", "1"]}
+# The server's defaults (HAProxy in front, batching), then without batching, then batching behind Serve's Python proxy.
+MODES = {"batching": [], "no batching": ["--max-batch-size", "1"], "batching, Python proxy": ["--no-haproxy"]}
 
 
 def free_port() -> int:

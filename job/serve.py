@@ -129,6 +129,7 @@ class Digits:
         self._predict(np.zeros((1, SIDE, SIDE), np.float32))  # trace now, not on the first request
         self.infer.set_max_batch_size(config.max_batch_size)
         self.infer.set_batch_wait_timeout_s(config.batch_wait_ms / 1000)
+        self.in_flight = 0  # requests in this replica, queued for a batch or in one
         tags = ("model", "code")
         self.requests = Counter("mnist_serve_requests", "HTTP requests answered, by status code.", tag_keys=tags)
         self.latency = Histogram(
@@ -150,6 +151,7 @@ class Digits:
         from starlette.responses import JSONResponse
 
         started, code = time.perf_counter(), 200
+        self.in_flight += 1
         try:
             answer = await self._route(request)
         except BadRequest as err:
@@ -157,6 +159,8 @@ class Digits:
         except Exception as err:  # a bug or a model failure: one line to the client, the replica lives on
             logging.getLogger(__name__).exception("request failed")
             code, answer = 500, {"error": f"prediction failed: {first_line(err)}"}
+        finally:
+            self.in_flight -= 1
         if isinstance(answer, tuple):
             code, answer = answer
         self.requests.inc(tags={"code": str(code)})
@@ -172,6 +176,8 @@ class Digits:
         if request.method != "POST":
             return 405, {"error": "POST the digits to /predict"}
         digits = parse(await request.body(), request.headers.get("content-type", ""), self.config.max_digits)
+        # A batch waits to fill only while other requests are in the replica: a lone client is not held back.
+        self.infer.set_batch_wait_timeout_s(self.config.batch_wait_ms / 1000 if self.in_flight > 1 else 0)
         probabilities = await self.infer(digits)
         return {
             "model": self.model.name,

@@ -136,26 +136,33 @@ def test_haproxy_takes_the_requests_by_default(server) -> None:
     assert haproxy and any(c.laddr.port == server.port for c in haproxy[0].net_connections("tcp")), haproxy
 
 
-def test_serves_the_same_answers_through_serves_python_proxy_without_batching(
+def test_serves_pythons_proxy_the_same_answers_and_does_not_hold_a_lone_request(
     server, sample_run, sample, tmp_path
 ) -> None:
-    """--no-haproxy --max-batch-size 1: Serve's own proxy, one request per model call; the same answers."""
+    """--no-haproxy: Serve's own proxy. A batch waits to fill only while other requests are in the replica, so
+    one client's requests are answered at once even with a 1 s --batch-wait-ms."""
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
-    plain = Server("--model-uri", str(sample_run.output / "cnn"), "--no-haproxy", "--max-batch-size", "1",
+    plain = Server("--model-uri", str(sample_run.output / "cnn"), "--no-haproxy", "--batch-wait-ms", "1000",
                    ray_tmp=ray_tmp, tmpdir=str(tmp_path))  # fmt: skip
     try:
         plain.wait_serving()
         body = digits_json(sample.x_test[:20])
         (code, answer), (_, expected) = plain.post(body), server.post(body)
+        seconds = []
+        for digit in sample.x_test[:5]:
+            started = time.monotonic()
+            assert plain.post(digits_json(digit))[0] == 200
+            seconds.append(time.monotonic() - started)
     finally:
         stopped = plain.stop()
         subprocess.run(["rm", "-rf", ray_tmp], check=False)
     banner = next(line for line in plain.lines if line.startswith("serving "))
-    assert "1 replica, no batching, Serve's Python proxy in front" in banner, banner
+    assert "1 replica, batches of up to 32 requests (1000 ms wait), Serve's Python proxy in front" in banner, banner
     assert code == 200 and stopped == 0, plain.lines
     assert [p["class"] for p in answer["predictions"]] == [p["class"] for p in expected["predictions"]]
     np.testing.assert_allclose([p["probabilities"] for p in answer["predictions"]],
                                [p["probabilities"] for p in expected["predictions"]], atol=1e-6)  # fmt: skip
+    assert max(seconds) < 0.5, f"a lone request waited for a batch: {seconds}"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
