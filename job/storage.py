@@ -135,6 +135,7 @@ def upload_dir(local_dir: str | Path, uri: str) -> None:
 def download_checkpoint(checkpoint: Any, local_dir: str | Path) -> Path:
     """A Ray Train checkpoint's files copied into `local_dir`, a folder private to this process. Not
     `Checkpoint.to_directory`: its lock against other processes leaves a file in $TMPDIR/_ray_lockfiles each time."""
+    Path(local_dir).mkdir(parents=True, exist_ok=True)  # copy_files makes the subfolders, not this one
     pafs.copy_files(checkpoint.path, str(local_dir), source_filesystem=checkpoint.filesystem)
     return Path(local_dir)
 
