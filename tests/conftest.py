@@ -33,6 +33,20 @@ def _temp_files_in_pytests_folder(tmp_path_factory: pytest.TempPathFactory) -> I
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _ray_sessions_in_a_folder_of_ours() -> Iterator[None]:
+    """Every Ray the tests start, in this process or another, keeps its session logs in one folder of ours, removed
+    at the end, instead of Ray's default /tmp/ray, where they would stay. Short: Ray's socket paths must stay under
+    107 bytes. A test that needs its own sets RAY_TMPDIR itself."""
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("RAY_TMPDIR", ray_tmp)
+            yield
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun]:
     """One real local run for every test that reads a finished run: 2 workers, every model, 2 epochs, its /metrics

@@ -57,9 +57,8 @@ class LiveRun:
         env = dict(env or {})
         if "TMPDIR" not in env:
             # A worker the test kills cannot remove its temp folder: keep them in pytest's, which pytest prunes. Ray's
-            # sessions stay where Ray puts them without a TMPDIR (its socket paths must stay short).
+            # sessions stay in the tests' RAY_TMPDIR (conftest), not in this TMPDIR (its socket paths must stay short).
             env["TMPDIR"] = tempfile.mkdtemp(prefix="run-")
-            env.setdefault("RAY_TMPDIR", os.environ.get("RAY_TMPDIR", "/tmp"))
         self.lines: list[str] = []
         self.seen: set[int] = set()  # every process of this run ever seen, to stop the ones a SIGKILL orphans
         self.started = time.monotonic()

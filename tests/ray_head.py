@@ -36,7 +36,7 @@ def ray_head(*extra: str) -> Iterator[RayHead]:
     # killed. Short, for Ray's socket paths.
     tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(16), "TMPDIR": tmp}  # fmt: skip
+           "RAY_AUTH_TOKEN": secrets.token_hex(16), "TMPDIR": tmp, "RAY_TMPDIR": tmp}  # fmt: skip
     port, dashboard = free_port(), free_port()
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),

@@ -124,7 +124,7 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
     base["PATH"] = f"{VENV_BIN}:{base['PATH']}"
     # The pods' temp folder, Ray's sessions included: a killed node cannot clean up after itself. Short, for Ray's
     # socket paths.
-    base["TMPDIR"] = tempfile.mkdtemp(prefix="rh", dir="/tmp")
+    base["TMPDIR"] = base["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rh", dir="/tmp")
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # KubeRay's token Secret, in every pod
     secrets_ = {VALUES["storage"]["existingSecret"]: s3_secret}
     gcs, dashboard = free_port(), free_port()
