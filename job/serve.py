@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import orjson
 from ray import serve
 
 from job.config import ConfigError, ServeConfig
@@ -77,9 +78,9 @@ def _png(body: bytes) -> np.ndarray:
 
 def _json(body: bytes, max_digits: int) -> np.ndarray:
     try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BadRequest(f"the body is neither JSON nor a PNG ({first_line(err)})") from None
+        value = orjson.loads(body)  # a fifth of json.loads' time, on every request
+    except orjson.JSONDecodeError:
+        value = _lenient_json(body)
     if isinstance(value, dict):
         if "instances" not in value:
             raise BadRequest('a JSON object must hold the digits under "instances"; or POST the array itself')
@@ -100,6 +101,15 @@ def _json(body: bytes, max_digits: int) -> np.ndarray:
             else "pixel values must be finite numbers between 0 and 255 (found NaN or infinity)"
         )
     return digits.astype(np.float32)
+
+
+def _lenient_json(body: bytes) -> Any:
+    """The standard parser, for what orjson refuses: it takes NaN (caught later as a pixel value) and says where the
+    text stops being JSON."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadRequest(f"the body is neither JSON nor a PNG ({first_line(err)})") from None
 
 
 def _shape(pixels: np.ndarray) -> np.ndarray:
@@ -148,7 +158,7 @@ class Digits:
             metric.set_default_tags({"model": self.model.name})
 
     async def __call__(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse
+        from starlette.responses import Response
 
         started, code = time.perf_counter(), 200
         self.in_flight += 1
@@ -165,7 +175,8 @@ class Digits:
             code, answer = answer
         self.requests.inc(tags={"code": str(code)})
         self.latency.observe(time.perf_counter() - started, tags={"code": str(code)})
-        return JSONResponse(answer, status_code=code)
+        body = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+        return Response(body, status_code=code, media_type="application/json")
 
     async def _route(self, request: Any) -> Any:
         path = request.url.path.rstrip("/") or "/"
@@ -181,7 +192,7 @@ class Digits:
         probabilities = await self.infer(digits)
         return {
             "model": self.model.name,
-            "predictions": [{"class": int(p.argmax()), "probabilities": p.tolist()} for p in probabilities],
+            "predictions": [{"class": int(p.argmax()), "probabilities": p} for p in probabilities],
         }
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)  # set from the config in __init__
