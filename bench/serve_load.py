@@ -1,14 +1,16 @@
 """Benchmark (not a test): `mnist-train serve` under load on loopback, with and without batching, beside a plain
 TensorFlow loop in one process (the floor).
 
-    .venv/bin/python bench/serve_load.py --model-uri RUN/<model> [--seconds 10] [--requests 400] [--json out.json]
+    .venv/bin/python bench/serve_load.py --model-uri RUN/<model> [--seconds 10] [--requests 400] [--rounds 3]
+                                         [--json out.json]
 
 For each server setting (batching: the defaults, HAProxy in front; no batching: --max-batch-size 1; batching behind
 Serve's Python proxy: --no-haproxy), one server is started, warmed up, and loaded by 1, 8 and 32 client threads
-(keep-alive HTTP connections), each posting requests of 1 digit and then of 100 digits until --requests are answered or --seconds have passed. Printed: p50/p99 latency, requests
-and digits per second, failed requests. The floor: the same model called on the same batches in a loop in this
-process, one batch at a time. Targets (printed, never asserted): p50 <= 10 ms for one digit at 1 client; batching
->= 3x the throughput of no batching at 32 clients; no failed request.
+(keep-alive HTTP connections), each posting requests of 1 digit and then of 100 digits until --requests are answered
+or --seconds have passed; all of that --rounds times. Printed: the median over the rounds of p50/p99 latency, requests
+and digits per second, and the failed requests of all rounds. The floor: the same model called on the same batches in
+a loop in this process, one batch at a time. Targets (printed, never asserted): p50 <= 10 ms for one digit at 1
+client; batching >= 3x the throughput of no batching at 32 clients (with each round's ratio); no failed request.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ def main() -> int:
     parser.add_argument("--model-uri", required=True)
     parser.add_argument("--seconds", type=float, default=10.0, help="at most this long per load step")
     parser.add_argument("--requests", type=int, default=400, help="at most this many requests per load step")
+    parser.add_argument("--rounds", type=int, default=3, help="load every step this many times; medians are printed")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
@@ -125,8 +128,9 @@ def main() -> int:
             server, port = start_server(args.model_uri, flags, ray_tmp)
             try:
                 load(port, bodies[1], 4, 50, args.seconds)  # warm-up: traces, connections
-                figures[mode] = {f"{size}x{clients}": load(port, bodies[size], clients, args.requests, args.seconds)
-                                 for size in SIZES for clients in CLIENTS}  # fmt: skip
+                rounds = [{f"{size}x{clients}": load(port, bodies[size], clients, args.requests, args.seconds)
+                           for size in SIZES for clients in CLIENTS} for _ in range(args.rounds)]  # fmt: skip
+                figures[mode] = {step: [r[step] for r in rounds] for step in rounds[0]}
             finally:
                 server.send_signal(signal.SIGINT)
                 server.wait(60)
@@ -137,7 +141,9 @@ def main() -> int:
 
 
 def report(figures: dict[str, dict], model_uri: str) -> None:
-    print(f"model {model_uri}; {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+    rounds = len(figures["batching"]["1x1"])
+    print(f"model {model_uri}; {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+          f"medians of {rounds} rounds\n")  # fmt: skip
     print("| digits/request | clients | mode | p50 ms | p99 ms | requests/s | digits/s | failed |")
     print("|---|---|---|---|---|---|---|---|")
     for size in SIZES:
@@ -146,14 +152,25 @@ def report(figures: dict[str, dict], model_uri: str) -> None:
         print(f"| {size} | - | plain TF loop (floor) | {f['p50_ms']:.2f} | | {rate} | |")
         for clients in CLIENTS:
             for mode in MODES:
-                r = figures[mode][f"{size}x{clients}"]
+                r = median(figures[mode][f"{size}x{clients}"])
                 print(f"| {size} | {clients} | {mode} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['rps']:.0f} | "
                       f"{r['rps'] * size:.0f} | {r['failed']} |")  # fmt: skip
-    one = figures["batching"]["1x1"]["p50_ms"]
-    gain = figures["batching"]["1x32"]["rps"] / figures["no batching"]["1x32"]["rps"]
-    failed = sum(r["failed"] for mode in MODES for r in figures[mode].values())
-    print(f"\ntargets: p50 one digit, 1 client {one:.1f} ms (<= 10); batching at 32 clients, one digit: {gain:.2f}x "
-          f"no batching (>= 3); failed requests {failed} (0)")  # fmt: skip
+    one = median(figures["batching"]["1x1"])["p50_ms"]
+    gains = [
+        b["rps"] / n["rps"] for b, n in zip(figures["batching"]["1x32"], figures["no batching"]["1x32"], strict=True)
+    ]
+    gain = median(figures["batching"]["1x32"])["rps"] / median(figures["no batching"]["1x32"])["rps"]
+    failed = sum(r["failed"] for mode in MODES for runs in figures[mode].values() for r in runs)
+    print(
+        f"\ntargets: p50 one digit, 1 client {one:.1f} ms (<= 10); batching at 32 clients, one digit: {gain:.2f}x "
+        f"no batching (>= 3; each round: {', '.join(f'{g:.2f}' for g in gains)}); failed requests {failed} (0)"
+    )
+
+
+def median(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds; failed requests added up."""
+    return {key: sum(r[key] for r in runs) if key == "failed" else statistics.median(r[key] for r in runs)
+            for key in runs[0]}  # fmt: skip
 
 
 if __name__ == "__main__":
