@@ -71,8 +71,9 @@ class LiveRun:
         self._reader.start()
 
     def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
+        with self.process.stdout:  # closed when the run's output ends
+            for line in self.process.stdout:
+                self.lines.append(line.rstrip("\n"))
 
     @property
     def output(self) -> str:

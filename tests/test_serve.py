@@ -45,8 +45,11 @@ class Server:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True,
             env={**os.environ, "RAY_TMPDIR": ray_tmp, "TMPDIR": tmpdir},
         )  # fmt: skip
-        threading.Thread(target=lambda: self.lines.extend(line.rstrip("\n") for line in self.process.stdout),
-                         daemon=True).start()  # fmt: skip
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        with self.process.stdout:  # closed at the server's exit, when the pipe ends
+            self.lines.extend(line.rstrip("\n") for line in self.process.stdout)
 
     def wait_serving(self, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
