@@ -37,8 +37,11 @@ BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Ray Serve's high-throughput mode (Ray >= 2.55): HAProxy, not Serve's Python proxy, takes the HTTP requests and passes
 # them to each replica's own HTTP server. Ray Serve reads these as its processes start: a local Ray gets them from
-# `run`; a cluster from where it starts (the chart sets them).
-HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# `run`; a cluster from where it starts (the chart sets them). A prediction has no side effects, so HAProxy may replay
+# on another replica a request that a dying replica dropped ("empty-response"), not only one it could not send
+# (Serve's default); it can replay only a request whole in its 16 KB buffer (up to about 5 JSON digits, or a PNG).
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+               "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}  # fmt: skip
 # Short names: HAProxy binds a Unix socket at "<path>.<pid>.tmp" first, and a socket's path has 107 bytes at most.
 HAPROXY_FILES = {"CONFIG_FILE_LOC": "haproxy.cfg", "SOCKET_PATH": "a.sock", "SERVER_STATE_FILE": "server-state",
                  "METRICS_SOCKET_PATH": "m.sock"}  # fmt: skip

@@ -322,6 +322,7 @@ SHARED = {
 HAPROXY_ENV = [
     {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"},
     {"name": "RAY_SERVE_THROUGHPUT_OPTIMIZED", "value": "1"},
+    {"name": "RAY_SERVE_HAPROXY_RETRY_ON", "value": "conn-failure empty-response"},
 ]
 
 

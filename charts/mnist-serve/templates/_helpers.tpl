@@ -185,6 +185,8 @@ GPUs for a pod that has none (called with dict "root" $ "gpu" <bool>).
   value: "1"
 - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
   value: "1"
+- name: RAY_SERVE_HAPROXY_RETRY_ON
+  value: conn-failure empty-response
 {{- end }}
 {{- if not .gpu }}
 {{ include "mnist-serve.noGpuEnv" $root }}
