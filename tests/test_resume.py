@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from live_run import SNAPSHOT, LiveRun, epochs_printed, wait_registered
 
-EPOCHS = 4
+EPOCHS = 8  # the kill after epoch 2 must land mid-run: 4 epochs of 0.6 s can all end before it (test_s3_runs did)
 EPOCH_LINE = r"RayTrainWorker pid=(\d+)\)\S*\s+mlp\s+epoch\s+{}/" + str(EPOCHS)
 
 

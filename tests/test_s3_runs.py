@@ -28,7 +28,9 @@ from job import data
 KEY_ID, SECRET = "AKIARELIABLE0TEST4711", "Zebra-Quokka-s3cr3t-fake-0815"
 BUCKET, RUN = "runs", "s3-run"
 OUTPUT, DATA = f"s3://{BUCKET}/{RUN}", f"s3://{BUCKET}/data/mnist-sample.npz"
-EPOCHS = 4
+# Enough that the kill after epoch 2 lands mid-run: with 4, at 0.6 s an epoch, all 4 were done before the kill
+# (the resumed run then had nothing to train and served no epoch metrics).
+EPOCHS = 12
 
 
 RUN_LOG: list[Path] = []  # the runs' log file (their --output is remote), set by the moto fixture
