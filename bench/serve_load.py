@@ -119,6 +119,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="load every step this many times; medians are printed")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be 1 or more, got {args.rounds}")
     rng = np.random.default_rng(0)
     batches = {size: rng.integers(0, 256, (size, 28, 28)).astype(np.float32) for size in SIZES}
     bodies = {size: json.dumps(x.astype(int).tolist()).encode() for size, x in batches.items()}
