@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 import tempfile
 import threading
@@ -22,6 +21,8 @@ from promlib import (  # noqa: E402
     start_prometheus,
     start_pushgateway,
 )
+
+from support import remove_ray_tmp  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,7 +45,7 @@ def _ray_sessions_in_a_folder_of_ours() -> Iterator[None]:
             patch.setenv("RAY_TMPDIR", ray_tmp)
             yield
     finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        remove_ray_tmp(ray_tmp)
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +80,7 @@ def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun
             run.stop()
         prometheus.stop()
         gateway.stop()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        remove_ray_tmp(ray_tmp)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from support import free_port
+from support import free_port, remove_ray_tmp
 
 VENV_BIN = str(Path(sys.executable).parent)
 # `ray start --block` drains for up to 30 s after SIGTERM; nothing is asserted after the teardown, so it is cut short.
@@ -55,7 +54,7 @@ def ray_head(*extra: str) -> Iterator[RayHead]:
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=30)
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_ray_tmp(tmp)
 
 
 def _wait_until_jobs_api_answers(address: str, env: dict, head: subprocess.Popen) -> None:

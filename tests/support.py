@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +37,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def remove_ray_tmp(folder: str | Path, grace: float = 15) -> None:
+    """Remove a RAY_TMPDIR of ours once the Ray processes that name it (in their --session-dir, --log-dir, ...) are
+    gone, killing those still there after `grace` s: one that outlives the others by a moment (the runtime-env agent)
+    would otherwise write its logs into the folder again after it was removed."""
+    deadline = time.monotonic() + grace
+    while (left := _naming(str(folder))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for process in left:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(left, timeout=10)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _naming(folder: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if process.pid != os.getpid() and any(folder in arg for arg in process.info["cmdline"] or ()):
+            found.append(process)
+    return found
 
 
 def run_job(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

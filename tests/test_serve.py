@@ -27,7 +27,7 @@ import psutil
 import pytest
 from ray_head import ray_head
 
-from support import ROOT, free_port, run_job
+from support import ROOT, free_port, remove_ray_tmp, run_job
 
 MAX_DIGITS = 200
 REPLICA = "ServeReplica:mnist:digits"
@@ -126,7 +126,7 @@ def server(sample_run, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     finally:
         code = server.stop()
         left = sorted(p.name for p in Path(ray_tmp).iterdir())  # Ray's sessions, and HAProxy's folder until the end
-        subprocess.run(["rm", "-rf", ray_tmp], check=False)
+        remove_ray_tmp(ray_tmp)
         assert code == 0, "\n".join(server.lines)
         assert sorted(p.name for p in tmpdir.iterdir()) == [], "the server left files in its TMPDIR"
         assert left == ["ray"], f"the server left {left} beside Ray's sessions"
@@ -158,7 +158,7 @@ def test_serves_pythons_proxy_the_same_answers_and_does_not_hold_a_lone_request(
             seconds.append(time.monotonic() - started)
     finally:
         stopped = plain.stop()
-        subprocess.run(["rm", "-rf", ray_tmp], check=False)
+        remove_ray_tmp(ray_tmp)
     banner = next(line for line in plain.lines if line.startswith("serving "))
     assert "1 replica, batches of up to 32 requests (1000 ms wait), Serve's Python proxy in front" in banner, banner
     assert code == 200 and stopped == 0, plain.lines
@@ -370,7 +370,7 @@ def test_more_gpus_than_the_local_machine_has_fail_in_one_line_before_deploying(
                       env={"TMPDIR": str(tmp_path), "RAY_TMPDIR": ray_tmp})  # fmt: skip
         left = sorted(p.name for p in Path(ray_tmp).iterdir())
     finally:
-        subprocess.run(["rm", "-rf", ray_tmp], check=False)
+        remove_ray_tmp(ray_tmp)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == (
         "mnist-train: error: 1 replicas x 1 GPU need 1 GPUs, the Ray cluster has 0; lower --replicas or "

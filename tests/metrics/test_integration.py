@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ from live_run import LiveRun
 from promlib import Server, http_get, start_pushgateway
 
 from job import dashboard
+
+from support import remove_ray_tmp
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = ("mlp", "cnn", "large_cnn")  # the shared run trains every model
@@ -176,7 +177,7 @@ def test_a_pushgateway_outage_mid_run_costs_one_warning_per_worker_and_nothing_e
     finally:
         training.stop()
         gateway.stop()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        remove_ray_tmp(ray_tmp)
     assert code == 0, "\n".join(training.lines[-40:])
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     for model in OUTAGE_MODELS:
