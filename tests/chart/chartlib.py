@@ -15,7 +15,7 @@ from helm_python import _native
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "mnist-train"
 DASHBOARD_CHART = REPO / "charts" / "mnist-train-dashboard"
-CRDS = REPO.parent / "shared" / "crds"
+CRDS = Path(__file__).resolve().parent / "crds"  # copies inside the repo, with their sources (crds/README.md)
 K8S_VERSION = "1.30.0"
 RELEASE = "demo"
 NAMESPACE = "ml"

@@ -33,14 +33,12 @@ from chartlib import (
     parse_manifests,
     render_chart,
     schema_errors,
-    strict,
 )
 from test_schema import expected_message, loose_objects
 
 from job.config import ServeConfig
 
 SERVE_CHART = REPO / "charts" / "mnist-serve"
-LOCAL_CRDS = Path(__file__).parent / "crds"
 BAD_VALUES = sorted((Path(__file__).parent / "bad-serve-values").glob("*.yaml"))
 SCHEMA = json.loads((SERVE_CHART / "values.schema.json").read_text())
 DIGEST = "sha256:" + "0123456789abcdef" * 4
@@ -140,10 +138,8 @@ def serve_chart() -> Iterator[helm_python.Chart]:
 
 @pytest.fixture(scope="module")
 def validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
-    crd = yaml.load((LOCAL_CRDS / "ray.io_rayservices.yaml").read_text(), Loader=yaml.CSafeLoader)
-    (v1,) = [entry for entry in crd["spec"]["versions"] if entry["name"] == "v1"]
     schemas = {
-        ("ray.io/v1", "RayService"): strict(v1["schema"]["openAPIV3Schema"]),
+        ("ray.io/v1", "RayService"): load_crd_schema("ray.io_rayservices.yaml"),
         ("monitoring.coreos.com/v1", "PodMonitor"): load_crd_schema("monitoring.coreos.com_podmonitors.yaml"),
     }
     return {key: jsonschema.Draft7Validator(schema) for key, schema in schemas.items()}

@@ -1,0 +1,51 @@
+"""The repository stands alone: a user's clone has nothing beside it, so nothing the product, its tests, benchmarks or
+tools read may lie outside it (this team keeps its CRD originals and full MNIST in a folder beside the checkout)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+
+from support import ROOT
+
+# A path into the folder beside the checkout, however it is spelled: "../shared", an absolute /work/... path, or
+# a Path built from a parent folder and "shared".
+OUTSIDE = re.compile(r"""\.\./shared\b|/work/|["']shared["']""")
+CODE = re.compile(r"(\.(py|sh|ya?ml|toml|tpl|json|cfg|ini|txt)|^Makefile|^Dockerfile|^\.ci/run|\.dockerignore)$")
+
+
+def tracked_code() -> list[str]:
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [path for path in listed.splitlines() if CODE.search(path) and (ROOT / path).is_file()]
+
+
+def test_the_pattern_catches_what_the_chart_tests_once_did() -> None:
+    assert OUTSIDE.search('CRDS = REPO.parent / "shared" / "crds"')
+    assert OUTSIDE.search("--data-uri ../shared/data/mnist")
+    assert not OUTSIDE.search("Ray's object store falls back to /tmp when shared memory is small")
+
+
+def test_no_code_reads_a_path_outside_the_repository() -> None:
+    files = tracked_code()
+    assert len(files) > 100  # the listing worked: job/, tests/, bench/, k8s/, charts/, tools/
+    found = [
+        f"{path}:{number}: {line.strip()}"
+        for path in files
+        for number, line in enumerate((ROOT / path).read_text(errors="replace").splitlines(), 1)
+        if OUTSIDE.search(line) and path != "tests/test_repo.py"
+    ]
+    assert not found, "paths outside the repository:\n" + "\n".join(found)
+
+
+def test_the_crd_copies_are_the_ones_their_readme_names() -> None:
+    crds = ROOT / "tests" / "chart" / "crds"
+    readme = (crds / "README.md").read_text()
+    files = sorted(crds.glob("*.yaml"))
+    assert {"ray.io_rayjobs.yaml", "ray.io_rayservices.yaml", "monitoring.coreos.com_podmonitors.yaml"} <= {
+        path.name for path in files
+    }
+    for path in files:
+        row = next((line for line in readme.splitlines() if line.startswith(f"| {path.name} |")), None)
+        assert row, f"{path.name} has no row (source, commit, license, sha256) in crds/README.md"
+        assert f"`{hashlib.sha256(path.read_bytes()).hexdigest()}`" in row, f"{path.name} differs from its README row"
