@@ -1,22 +1,11 @@
-"""Loads k8s/kind_e2e.py (a script, not a package module) once for the tests."""
+"""k8s/kind_e2e.py is a script, not a package module: put k8s/ on sys.path, as running the script does, so that the
+tests import it (`import kind_e2e`) and its modules (`from e2e import ...`) by those names."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
 
-import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "k8s" / "kind_e2e.py"
-
-
-@pytest.fixture(scope="session")
-def e2e() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kind_e2e", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kind_e2e"] = module  # dataclasses/enums look their module up here
-    spec.loader.exec_module(module)
-    return module
+K8S = str(Path(__file__).resolve().parents[2] / "k8s")
+if K8S not in sys.path:
+    sys.path.insert(0, K8S)

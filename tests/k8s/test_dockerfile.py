@@ -9,9 +9,9 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from e2e import images, settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,11 +44,11 @@ def ignored(path: str, patterns: list[str]) -> bool:
     )
 
 
-def test_base_image_is_the_pinned_ray_cpu_image_for_both_flavours(e2e: ModuleType) -> None:
+def test_base_image_is_the_pinned_ray_cpu_image_for_both_flavours() -> None:
     """One CUDA stack: the GPU image gets TensorFlow's pip CUDA wheels on Ray's CPU image, not on Ray's -gpu one."""
     (base,) = [a for a in args_of("ARG") if a.startswith("BASE_IMAGE=")]
     assert base == f"BASE_IMAGE=rayproject/ray:{pinned('ray')}-py311"
-    assert base.removeprefix("BASE_IMAGE=") == e2e.CPU_BASE_IMAGE == e2e.base_image("x86_64")
+    assert base.removeprefix("BASE_IMAGE=") == settings.CPU_BASE_IMAGE == images.base_image("x86_64")
     assert args_of("FROM") == ["${BASE_IMAGE}"]
     assert not any("-gpu" in value for _, value in instructions(REPO / "Dockerfile"))
     assert re.search(r'^gpu = \["tensorflow\[and-cuda\]==', (REPO / "pyproject.toml").read_text(), re.M)

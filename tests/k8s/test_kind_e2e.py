@@ -16,13 +16,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from urllib.parse import parse_qs, urlparse
 
 import helm_python
+import kind_e2e
 import kubernetes_validate
 import pytest
 import yaml
+from e2e import checks, commands, images, runs, services, settings
 
 REPO = Path(__file__).resolve().parents[2]
 KIND_VALUES = yaml.safe_load((REPO / "k8s" / "values-kind.yaml").read_text())
@@ -36,30 +37,30 @@ def by_name(objects: list[dict], kind: str, name: str) -> dict:
 # ---------------------------------------------------------------- manifests
 
 
-def test_manifests_are_valid_kubernetes_objects(e2e: ModuleType) -> None:
-    objects = e2e.render_manifests()
+def test_manifests_are_valid_kubernetes_objects() -> None:
+    objects = services.render_manifests()
     kinds = sorted({o["kind"] for o in objects})
     assert kinds == ["ConfigMap", "Deployment", "Job", "Namespace", "Role", "RoleBinding", "Secret", "Service",
                      "ServiceAccount"]  # fmt: skip
     for obj in objects:
         kubernetes_validate.validate(obj, "1.30.0", strict=True)
         if obj["kind"] != "Namespace":
-            assert obj["metadata"]["namespace"] == e2e.NAMESPACE, obj["metadata"]["name"]
+            assert obj["metadata"]["namespace"] == settings.NAMESPACE, obj["metadata"]["name"]
 
 
-def test_manifests_follow_the_namespace_and_image_given(e2e: ModuleType) -> None:
-    objects = e2e.render_manifests(namespace="other", image="registry.local/mnist-train:dev")
+def test_manifests_follow_the_namespace_and_image_given() -> None:
+    objects = services.render_manifests(namespace="other", image="registry.local/mnist-train:dev")
     assert {o["metadata"].get("namespace", o["metadata"]["name"]) for o in objects} == {"other"}
     job = by_name(objects, "Job", "s3-bucket")
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/mnist-train:dev"
 
 
-def test_store_secret_and_urls_match_the_kind_values(e2e: ModuleType) -> None:
+def test_store_secret_and_urls_match_the_kind_values() -> None:
     """The values name the store and the Pushgateway by bare Service name, so they hold in any --namespace."""
-    objects = e2e.render_manifests(namespace="elsewhere")
+    objects = services.render_manifests(namespace="elsewhere")
     storage = KIND_VALUES["storage"]
     secret = by_name(objects, "Secret", storage["existingSecret"])
-    assert storage["existingSecret"] == e2e.S3_SECRET
+    assert storage["existingSecret"] == settings.S3_SECRET
     assert sorted(secret["data"]) == sorted(["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
     for url, service in ((storage["endpointUrl"], "s3"), (KIND_VALUES["metrics"]["pushgatewayUrl"], "pushgateway")):
         parsed = urlparse(url)
@@ -67,12 +68,12 @@ def test_store_secret_and_urls_match_the_kind_values(e2e: ModuleType) -> None:
         ports = [p["port"] for p in by_name(objects, "Service", service)["spec"]["ports"]]
         assert parsed.port in ports
     image = KIND_VALUES["image"]
-    assert f"{image['repository']}:{image['tag']}" == e2e.IMAGE
+    assert f"{image['repository']}:{image['tag']}" == settings.IMAGE
     assert KIND_VALUES["gpu"]["enabled"] is False
 
 
-def test_prometheus_scrapes_the_pushgateway_and_the_chart_ports(e2e: ModuleType) -> None:
-    config_map = by_name(e2e.render_manifests(), "ConfigMap", "prometheus")
+def test_prometheus_scrapes_the_pushgateway_and_the_chart_ports() -> None:
+    config_map = by_name(services.render_manifests(), "ConfigMap", "prometheus")
     config = yaml.safe_load(config_map["data"]["prometheus.yml"])
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["pushgateway"]["static_configs"][0]["targets"] == ["pushgateway:9091"]
@@ -99,9 +100,9 @@ def values_of(argv: list[str]) -> dict:
     return values
 
 
-def test_each_run_is_a_new_release_whose_rayjob_and_output_the_script_knows(e2e: ModuleType) -> None:
-    release = e2e.new_run_name()
-    argv = e2e.install_argv(release, "elsewhere")
+def test_each_run_is_a_new_release_whose_rayjob_and_output_the_script_knows() -> None:
+    release = runs.new_run_name()
+    argv = runs.install_argv(release, "elsewhere")
     assert argv[:5] == ["helm", "--kube-context", "kind-mnist-train", "install", release]
     assert "upgrade" not in argv and argv[argv.index("--namespace") + 1] == "elsewhere"
     with helm_python.Chart.load(REPO / "charts" / "mnist-train") as chart:
@@ -115,7 +116,7 @@ def test_each_run_is_a_new_release_whose_rayjob_and_output_the_script_knows(e2e:
     assert entrypoint[entrypoint.index("--output") + 1] == f"s3://mnist-train/runs/{release}"
     (uri,) = [e["value"] for e in test_pod["spec"]["containers"][0]["env"] if e["name"] == "RESULTS_URI"]
     assert uri == f"s3://mnist-train/runs/{release}/results.json"  # `helm test` reads this run's results
-    assert rayjob["spec"]["rayClusterSpec"]["rayVersion"] in e2e.CPU_BASE_IMAGE
+    assert rayjob["spec"]["rayClusterSpec"]["rayVersion"] in settings.CPU_BASE_IMAGE
 
 
 def test_a_kind_run_has_a_finite_deadline() -> None:
@@ -126,20 +127,20 @@ def test_a_kind_run_has_a_finite_deadline() -> None:
     assert rayjob["spec"]["activeDeadlineSeconds"] == 1800
 
 
-def test_run_names_are_fresh_dns_labels_the_chart_keeps_whole(e2e: ModuleType) -> None:
+def test_run_names_are_fresh_dns_labels_the_chart_keeps_whole() -> None:
     now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
-    assert e2e.new_run_name(now, "ab12") == "mnist-train-20250102-030405-ab12"
-    assert e2e.new_run_name(now.astimezone(timezone(timedelta(hours=9))), "ab12") == "mnist-train-20250102-030405-ab12"
-    names = {e2e.new_run_name(now) for _ in range(5)}
+    assert runs.new_run_name(now, "ab12") == "mnist-train-20250102-030405-ab12"
+    assert runs.new_run_name(now.astimezone(timezone(timedelta(hours=9))), "ab12") == "mnist-train-20250102-030405-ab12"
+    names = {runs.new_run_name(now) for _ in range(5)}
     assert len(names) > 1, "two runs in the same second must still get two releases"
-    for name in names | {e2e.new_run_name()}:
+    for name in names | {runs.new_run_name()}:
         assert re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", name) and len(name) <= 40, name
         assert "mnist-train" in name  # so the chart's fullname, and the RayJob's name, is the release name
 
 
-def test_kuberay_version_is_pinned_and_new_enough(e2e: ModuleType) -> None:
+def test_kuberay_version_is_pinned_and_new_enough() -> None:
     minimum = yaml.safe_load((REPO / "charts" / "mnist-train" / "Chart.yaml").read_text())["annotations"]
-    version = tuple(int(part) for part in e2e.KUBERAY_VERSION.split("."))
+    version = tuple(int(part) for part in settings.KUBERAY_VERSION.split("."))
     assert len(version) == 3
     assert version >= tuple(int(p) for p in minimum["kuberay.io/min-operator-version"].split("."))
 
@@ -164,13 +165,13 @@ def test_kuberay_version_is_pinned_and_new_enough(e2e: ModuleType) -> None:
         ({"jobDeploymentStatus": "Suspended"}, "failed"),
     ],
 )
-def test_interpret(e2e: ModuleType, status: dict | None, phase: str) -> None:
-    assert e2e.interpret(status)[0].value == phase
+def test_interpret(status: dict | None, phase: str) -> None:
+    assert runs.interpret(status)[0].value == phase
 
 
-def test_interpret_summary_names_the_reason(e2e: ModuleType) -> None:
+def test_interpret_summary_names_the_reason() -> None:
     status = {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "reason": "AppFailed", "message": "exit 1"}
-    assert e2e.interpret(status)[1] == "deployment=Failed job=FAILED (AppFailed: exit 1)"
+    assert runs.interpret(status)[1] == "deployment=Failed job=FAILED (AppFailed: exit 1)"
 
 
 class FakeClock:
@@ -196,12 +197,12 @@ def statuses(*items: dict | None):
     return get
 
 
-def test_wait_returns_the_final_status_and_reports_changes(e2e: ModuleType) -> None:
+def test_wait_returns_the_final_status_and_reports_changes() -> None:
     clock, said = FakeClock(), []
     running = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
     done = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}
     source = statuses(None, {"jobDeploymentStatus": "Initializing"}, running, running, done)
-    result = e2e.wait_for_rayjob(source, timeout=60, poll=5, clock=clock, sleep=clock.sleep, report=said.append)
+    result = runs.wait_for_rayjob(source, timeout=60, poll=5, clock=clock, sleep=clock.sleep, report=said.append)
     assert result == done
     assert said == [
         "RayJob: deployment=New job=-",
@@ -212,19 +213,19 @@ def test_wait_returns_the_final_status_and_reports_changes(e2e: ModuleType) -> N
     assert clock.now == 20
 
 
-def test_wait_raises_when_the_job_fails(e2e: ModuleType) -> None:
+def test_wait_raises_when_the_job_fails() -> None:
     clock = FakeClock()
     source = statuses({"jobDeploymentStatus": "Running"}, {"jobDeploymentStatus": "Failed", "reason": "AppFailed"})
-    with pytest.raises(e2e.E2EError, match=r"the RayJob failed: deployment=Failed job=- \(AppFailed"):
-        e2e.wait_for_rayjob(source, timeout=60, poll=1, clock=clock, sleep=clock.sleep, report=lambda _: None)
+    with pytest.raises(commands.E2EError, match=r"the RayJob failed: deployment=Failed job=- \(AppFailed"):
+        runs.wait_for_rayjob(source, timeout=60, poll=1, clock=clock, sleep=clock.sleep, report=lambda _: None)
     assert clock.now == 1
 
 
-def test_wait_gives_up_at_the_timeout(e2e: ModuleType) -> None:
+def test_wait_gives_up_at_the_timeout() -> None:
     clock = FakeClock()
     source = statuses({"jobDeploymentStatus": "Running", "jobStatus": "PENDING"})
-    with pytest.raises(e2e.E2EError, match=r"did not finish in 30 s; last status: deployment=Running job=PENDING"):
-        e2e.wait_for_rayjob(source, timeout=30, poll=7, clock=clock, sleep=clock.sleep, report=lambda _: None)
+    with pytest.raises(commands.E2EError, match=r"did not finish in 30 s; last status: deployment=Running job=PENDING"):
+        runs.wait_for_rayjob(source, timeout=30, poll=7, clock=clock, sleep=clock.sleep, report=lambda _: None)
     assert 30 <= clock.now < 37
 
 
@@ -239,11 +240,11 @@ def fake_tools(directory: Path, *names: str) -> str:
     return str(directory)
 
 
-def test_require_names_exactly_what_is_missing(e2e: ModuleType, tmp_path: Path, monkeypatch) -> None:
+def test_require_names_exactly_what_is_missing(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PATH", fake_tools(tmp_path, "kind", "kubectl"))
-    e2e.require("kind", "kubectl")
-    with pytest.raises(e2e.E2EError) as caught:
-        e2e.require("docker", "kind", "helm")
+    commands.require("kind", "kubectl")
+    with pytest.raises(commands.E2EError) as caught:
+        commands.require("docker", "kind", "helm")
     message = str(caught.value)
     assert message.startswith("missing on PATH: docker, helm (docker: https://docs.docker.com")
     assert "kind," not in message
@@ -253,45 +254,44 @@ def test_require_names_exactly_what_is_missing(e2e: ModuleType, tmp_path: Path, 
     ("command", "missing"),
     [("up", "docker, kind, helm, kubectl"), ("run", "helm, kubectl"), ("down", "kind"), ("all", "docker, kind")],
 )
-def test_each_command_checks_its_tools_first(
-    e2e: ModuleType, tmp_path: Path, monkeypatch, capsys, command: str, missing: str
-) -> None:
+def test_each_command_checks_its_tools_first(tmp_path: Path, monkeypatch, capsys, command: str, missing: str) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert e2e.main([command]) == 1
+    assert kind_e2e.main([command]) == 1
     assert f"kind_e2e: error: missing on PATH: {missing}" in capsys.readouterr().err
 
 
-def test_sh_reports_the_failing_command(e2e: ModuleType) -> None:
-    assert e2e.sh("sh", "-c", "echo out", capture=True) == "out\n"
-    with pytest.raises(e2e.E2EError, match=r"sh -c 'echo boom >&2; exit 3' exited 3: boom"):
-        e2e.sh("sh", "-c", "echo boom >&2; exit 3", capture=True)
+def test_sh_reports_the_failing_command() -> None:
+    assert commands.sh("sh", "-c", "echo out", capture=True) == "out\n"
+    with pytest.raises(commands.E2EError, match=r"sh -c 'echo boom >&2; exit 3' exited 3: boom"):
+        commands.sh("sh", "-c", "echo boom >&2; exit 3", capture=True)
 
 
-def test_missing_cluster_context_is_a_clear_error(e2e: ModuleType, tmp_path: Path, monkeypatch) -> None:
+def test_missing_cluster_context_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
     message = "no kubeconfig context kind-mnist-train: run `python k8s/kind_e2e.py up` first"
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
-    with pytest.raises(e2e.E2EError) as caught:
-        e2e.connect()
+    with pytest.raises(commands.E2EError) as caught:
+        commands.connect()
     assert str(caught.value) == message
     monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=1))  # only another, current, context
-    with pytest.raises(e2e.E2EError) as caught:
-        e2e.connect()
+    with pytest.raises(commands.E2EError) as caught:
+        commands.connect()
     assert str(caught.value) == message
 
 
-def test_helm_and_kubectl_command_lines_carry_the_kind_context(e2e: ModuleType) -> None:
-    assert e2e.helm_argv("test", "r", Path("/x")) == ["helm", "--kube-context", "kind-mnist-train", "test", "r", "/x"]
-    assert e2e.kubectl_argv("get", "pods") == ["kubectl", "--context", "kind-mnist-train", "get", "pods"]
+def test_helm_and_kubectl_command_lines_carry_the_kind_context() -> None:
+    helm = ["helm", "--kube-context", "kind-mnist-train", "test", "r", "/x"]
+    assert commands.helm_argv("test", "r", Path("/x")) == helm
+    assert commands.kubectl_argv("get", "pods") == ["kubectl", "--context", "kind-mnist-train", "get", "pods"]
     for unpinned in (["helm", "install", "r", "chart"], ["kubectl", "get", "pods"], ["kubectl", "--context", "prod"]):
-        with pytest.raises(e2e.E2EError, match=f"build the command with {unpinned[0]}_argv"):
-            e2e.sh(*unpinned)
+        with pytest.raises(commands.E2EError, match=f"build the command with {unpinned[0]}_argv"):
+            commands.sh(*unpinned)
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl here")
-def test_real_kubectl_talks_to_the_kind_context_not_the_current_one(e2e: ModuleType, tmp_path: Path, apis) -> None:
+def test_real_kubectl_talks_to_the_kind_context_not_the_current_one(tmp_path: Path, apis) -> None:
     kind_api, prod_api = apis
     env = {**os.environ, "KUBECONFIG": write_kubeconfig(tmp_path, prod=prod_api.port, kind=kind_api.port)}
-    done = subprocess.run(e2e.kubectl_argv("get", "--raw", "/version"), env=env, capture_output=True, text=True)
+    done = subprocess.run(commands.kubectl_argv("get", "--raw", "/version"), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["gitVersion"] == "v1.30.0-fake"
     assert ("GET", "/version") in kind_api.requests and prod_api.requests == []
@@ -306,31 +306,29 @@ def test_real_kubectl_talks_to_the_kind_context_not_the_current_one(e2e: ModuleT
         ("aarch64", "rayproject/ray:2.60.0-py311-aarch64", "linux/arm64"),  # Linux on arm64
     ],
 )
-def test_base_image_follows_the_architecture(e2e: ModuleType, machine: str, base: str, platform: str) -> None:
-    assert (e2e.base_image(machine), e2e.docker_platform(machine)) == (base, platform)
+def test_base_image_follows_the_architecture(machine: str, base: str, platform: str) -> None:
+    assert (images.base_image(machine), images.docker_platform(machine)) == (base, platform)
 
 
-def test_an_architecture_ray_does_not_build_for_is_refused(e2e: ModuleType) -> None:
-    with pytest.raises(e2e.E2EError, match=r"Ray publishes images for x86_64 and aarch64 only, not 'ppc64le'"):
-        e2e.base_image("ppc64le")
+def test_an_architecture_ray_does_not_build_for_is_refused() -> None:
+    with pytest.raises(commands.E2EError, match=r"Ray publishes images for x86_64 and aarch64 only, not 'ppc64le'"):
+        images.base_image("ppc64le")
 
 
 @pytest.mark.parametrize(("api", "platform_flag"), [("1.47", False), ("1.48", True), ("1.51", True), ("", False)])
-def test_image_goes_through_a_single_platform_archive(
-    e2e: ModuleType, tmp_path: Path, api: str, platform_flag: bool
-) -> None:
+def test_image_goes_through_a_single_platform_archive(tmp_path: Path, api: str, platform_flag: bool) -> None:
     archive = tmp_path / "image.tar"
-    build, save, load = e2e.image_commands("arm64", api, archive)
+    build, save, load = images.image_commands("arm64", api, archive)
     assert build[:4] == ["docker", "build", "--platform", "linux/arm64"]
     assert "BASE_IMAGE=rayproject/ray:2.60.0-py311-aarch64" in build and "EXTRAS=" in build
     expected = ["docker", "save", "--output", str(archive)] + (["--platform", "linux/arm64"] if platform_flag else [])
-    assert save == [*expected, e2e.IMAGE]
+    assert save == [*expected, settings.IMAGE]
     assert load == ["kind", "load", "image-archive", str(archive), "--name", "mnist-train"]
 
 
-def test_namespace_must_be_a_namespace_name(e2e: ModuleType, capsys) -> None:
+def test_namespace_must_be_a_namespace_name(capsys) -> None:
     with pytest.raises(SystemExit) as caught:
-        e2e.main(["run", "--namespace", "Not_A_Namespace"])
+        kind_e2e.main(["run", "--namespace", "Not_A_Namespace"])
     assert caught.value.code == 2
     assert "'Not_A_Namespace' is not a namespace name" in capsys.readouterr().err
 
@@ -338,23 +336,23 @@ def test_namespace_must_be_a_namespace_name(e2e: ModuleType, capsys) -> None:
 # ---------------------------------------------------------------- Prometheus
 
 
-def test_prometheus_query_goes_through_the_service_proxy(e2e: ModuleType) -> None:
-    query = e2e.metrics_query("mnist-train-20250102-030405-ab12")
+def test_prometheus_query_goes_through_the_service_proxy() -> None:
+    query = checks.metrics_query("mnist-train-20250102-030405-ab12")
     assert 'run="mnist-train-20250102-030405-ab12"' in query  # this run's series, not an earlier run's
-    parsed = urlparse(e2e.prometheus_query_path(query, "elsewhere"))
+    parsed = urlparse(checks.prometheus_query_path(query, "elsewhere"))
     assert parsed.path == "/api/v1/namespaces/elsewhere/services/prometheus:9090/proxy/api/v1/query"
     assert parse_qs(parsed.query)["query"] == [query]
 
 
-def test_metric_jobs_reads_counts_and_errors(e2e: ModuleType) -> None:
+def test_metric_jobs_reads_counts_and_errors() -> None:
     answer = {"status": "success", "data": {"resultType": "vector", "result": [
         {"metric": {"job": "pushgateway"}, "value": [1.0, "12"]},
         {"metric": {"job": "mnist-train-pods"}, "value": [1.0, "30"]},
     ]}}  # fmt: skip
-    assert e2e.metric_jobs(answer) == {"pushgateway": 12, "mnist-train-pods": 30}
-    assert e2e.metric_jobs({"status": "success", "data": {"result": []}}) == {}
-    with pytest.raises(e2e.E2EError, match="parse error"):
-        e2e.metric_jobs({"status": "error", "error": "parse error"})
+    assert checks.metric_jobs(answer) == {"pushgateway": 12, "mnist-train-pods": 30}
+    assert checks.metric_jobs({"status": "success", "data": {"result": []}}) == {}
+    with pytest.raises(commands.E2EError, match="parse error"):
+        checks.metric_jobs({"status": "error", "error": "parse error"})
 
 
 def test_script_runs_as_a_program(tmp_path: Path) -> None:
@@ -514,11 +512,11 @@ def tools(tmp_path: Path, monkeypatch) -> Tools:
 
 
 def test_all_pins_the_context_builds_for_the_host_and_installs_a_new_release(
-    e2e: ModuleType, tmp_path: Path, monkeypatch, capsys, tools: Tools, apis
+    tmp_path: Path, monkeypatch, capsys, tools: Tools, apis
 ) -> None:
     kind_api, prod_api = apis
     monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=prod_api.port, kind=kind_api.port))
-    assert e2e.main(["all", "--namespace", "elsewhere"]) == 0, capsys.readouterr().err
+    assert kind_e2e.main(["all", "--namespace", "elsewhere"]) == 0, capsys.readouterr().err
 
     # 1. every helm and kubectl call, and every API request, goes to the kind cluster
     cluster_calls = tools.calls("helm") + tools.calls("kubectl")
@@ -528,7 +526,7 @@ def test_all_pins_the_context_builds_for_the_host_and_installs_a_new_release(
     assert prod_api.requests == []
     # everything `up` creates is in the namespace `run` installs into
     created = [path for method, path in kind_api.requests if method == "POST"]
-    assert created[0] == "/api/v1/namespaces" and len(created) == len(e2e.render_manifests())
+    assert created[0] == "/api/v1/namespaces" and len(created) == len(services.render_manifests())
     assert all(path.startswith("/api/v1/namespaces/elsewhere/") or "/namespaces/elsewhere/" in path
                for path in created[1:])  # fmt: skip
     for argv in tools.calls("kubectl")[:2]:
@@ -556,19 +554,19 @@ def test_all_pins_the_context_builds_for_the_host_and_installs_a_new_release(
     assert helm_test[4:7] == [release, "--namespace", "elsewhere"]
     (raw,) = [argv[-1] for argv in tools.calls("kubectl") if "--raw" in argv]
     assert raw.startswith("/api/v1/namespaces/elsewhere/services/prometheus:9090/")
-    assert parse_qs(urlparse(raw).query)["query"] == [e2e.metrics_query(release)]
+    assert parse_qs(urlparse(raw).query)["query"] == [checks.metrics_query(release)]
     out = capsys.readouterr().out
     uninstall = f"helm --kube-context kind-mnist-train uninstall {release} --namespace elsewhere"
     assert f"OK: run {release} succeeded" in out and f"uninstall it with: {uninstall}" in out
 
 
-def test_every_run_is_a_new_release(e2e: ModuleType, tmp_path: Path, monkeypatch, tools: Tools, apis) -> None:
+def test_every_run_is_a_new_release(tmp_path: Path, monkeypatch, tools: Tools, apis) -> None:
     kind_api, prod_api = apis
     kind_api.add_store_secret("mnist-e2e")
     monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=prod_api.port, kind=kind_api.port))
-    assert e2e.main(["run"]) == 0
-    assert e2e.main(["run"]) == 0
-    charts = [argv for argv in tools.calls("helm") if str(e2e.CHART) in argv]
+    assert kind_e2e.main(["run"]) == 0
+    assert kind_e2e.main(["run"]) == 0
+    charts = [argv for argv in tools.calls("helm") if str(settings.CHART) in argv]
     assert [argv[3] for argv in charts] == ["install", "install"]
     first, second = (argv[4] for argv in charts)
     assert first != second
@@ -589,23 +587,21 @@ def test_every_run_is_a_new_release(e2e: ModuleType, tmp_path: Path, monkeypatch
     ],
 )
 def test_without_the_kind_context_nothing_touches_any_cluster(
-    e2e: ModuleType, tmp_path: Path, monkeypatch, capsys, tools: Tools, apis, command: str, hint: str, calls: list
+    tmp_path: Path, monkeypatch, capsys, tools: Tools, apis, command: str, hint: str, calls: list
 ) -> None:
     _, prod_api = apis
     monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=prod_api.port))
-    assert e2e.main([command]) == 1
+    assert kind_e2e.main([command]) == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("kind_e2e: error: no kubeconfig context kind-mnist-train: ") and line.endswith(hint)
     assert tools.calls() == calls and prod_api.requests == []
 
 
-def test_run_refuses_a_namespace_up_has_not_prepared(
-    e2e: ModuleType, tmp_path: Path, monkeypatch, capsys, tools: Tools, apis
-) -> None:
+def test_run_refuses_a_namespace_up_has_not_prepared(tmp_path: Path, monkeypatch, capsys, tools: Tools, apis) -> None:
     kind_api, prod_api = apis
     kind_api.add_store_secret("mnist-e2e")
     monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=prod_api.port, kind=kind_api.port))
-    assert e2e.main(["run", "--namespace", "elsewhere"]) == 1
+    assert kind_e2e.main(["run", "--namespace", "elsewhere"]) == 1
     assert capsys.readouterr().err.splitlines() == [
         "kind_e2e: error: no Secret mnist-s3 in namespace elsewhere: run `python k8s/kind_e2e.py up --namespace "
         "elsewhere` first"
@@ -613,14 +609,12 @@ def test_run_refuses_a_namespace_up_has_not_prepared(
     assert tools.calls() == []
 
 
-def test_a_failed_run_says_where_to_look(
-    e2e: ModuleType, tmp_path: Path, monkeypatch, capsys, tools: Tools, apis
-) -> None:
+def test_a_failed_run_says_where_to_look(tmp_path: Path, monkeypatch, capsys, tools: Tools, apis) -> None:
     kind_api, prod_api = apis
     kind_api.add_store_secret("mnist-e2e")
     kind_api.rayjob_status = {"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded", "message": "a\nb"}
     monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=prod_api.port, kind=kind_api.port))
-    assert e2e.main(["run"]) == 1
+    assert kind_e2e.main(["run"]) == 1
     captured = capsys.readouterr()
     (release,) = [argv[4] for argv in tools.calls("helm") if argv[3] == "install"]
     assert captured.err.splitlines() == [
@@ -631,12 +625,12 @@ def test_a_failed_run_says_where_to_look(
 
 
 def test_a_failed_image_load_is_one_line_and_leaves_no_archive(
-    e2e: ModuleType, tmp_path: Path, monkeypatch, capsys, tools: Tools, apis
+    tmp_path: Path, monkeypatch, capsys, tools: Tools, apis
 ) -> None:
     kind_api, prod_api = apis
     monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path, prod=prod_api.port, kind=kind_api.port))
     monkeypatch.setenv("FAKE_KIND_FAIL", "no space left on device")
-    assert e2e.main(["up"]) == 1
+    assert kind_e2e.main(["up"]) == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert re.fullmatch(
         r"kind_e2e: error: kind load image-archive \S+/image\.tar --name mnist-train exited 1: ERROR: failed to load "
