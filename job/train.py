@@ -21,6 +21,12 @@ log = logging.getLogger("mnist-train")
 
 # Every process that may import TensorFlow needs these before it does (see job/__init__.py).
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+# TensorFlow's logging settings: the user's, where set in the driver's environment, reach every worker.
+USER_TF_ENV = ("TF_CPP_MIN_LOG_LEVEL", "TF_CPP_VMODULE")
+
+
+def worker_env() -> dict[str, str]:
+    return {**WORKER_ENV, **{name: os.environ[name] for name in USER_TF_ENV if name in os.environ}}
 
 
 def check_inputs(config: TrainConfig) -> Dataset:
@@ -40,7 +46,7 @@ def run(config: TrainConfig, dataset: Dataset, log_stream: TextIO) -> dict[str, 
     """Train on Ray and write the artifacts; return results.json's content. Errors propagate to the CLI."""
     started = time.time()
     _print_plan(config, dataset)
-    os.environ.update(WORKER_ENV)  # this process trains (--workers 0), or local Ray workers inherit it
+    os.environ.update(worker_env())  # this process trains (--workers 0), or local Ray workers inherit it
     session = (
         console.stderr_to_log(log_stream, config.verbose) if config.in_process else _ray_session(config, log_stream)
     )
@@ -91,8 +97,8 @@ def _fit_on_ray(config: TrainConfig, dataset: Dataset) -> Any:
             storage_path=_storage_path(config.output),
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            # Locally the workers inherit WORKER_ENV from the driver, and Ray can reuse its prestarted processes.
-            worker_runtime_env={"env_vars": WORKER_ENV} if config.address else None,
+            # Locally the workers inherit worker_env() from the driver, and Ray can reuse its prestarted processes.
+            worker_runtime_env={"env_vars": worker_env()} if config.address else None,
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
@@ -167,7 +173,7 @@ def _ray_session(config: TrainConfig, log_stream: TextIO) -> Iterator[None]:
     if config.address:
         log.info("joining the Ray cluster at %s", config.address)
         # No runtime_env here: a submitted job's own runtime_env must not be overridden (Ray refuses the merge);
-        # the workers get WORKER_ENV through RunConfig.worker_runtime_env.
+        # the workers get worker_env() through RunConfig.worker_runtime_env.
         ray.init(address=config.address, log_to_driver=True)
     else:
         cpus = max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker + 0.999))

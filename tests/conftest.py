@@ -22,7 +22,7 @@ from promlib import (  # noqa: E402
     start_pushgateway,
 )
 
-from support import remove_ray_tmp  # noqa: E402
+from support import TF_LINE_ENV, remove_ray_tmp  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -66,7 +66,8 @@ def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun
         started = time.time()
         run = LiveRun("--dataset", "mnist-sample", "--epochs", "2", "--workers", "2", "--output", str(tmp / "out"),
                       "--run-name", "sample-run", "--metrics-port", str(base_port), "--pushgateway", gateway.url,
-                      env={"TMPDIR": str(tmpdir), "RAY_TMPDIR": ray_tmp, "RAY_DEDUP_LOGS": "0"})  # fmt: skip
+                      env={"TMPDIR": str(tmpdir), "RAY_TMPDIR": ray_tmp, "RAY_DEDUP_LOGS": "0",
+                           **TF_LINE_ENV})  # fmt: skip
         threading.Thread(
             target=feed_ray, args=(lambda: run.process.poll() is None, ray_tmp, sd_file), daemon=True
         ).start()

@@ -32,6 +32,11 @@ JOB_LINES = [
     r"",
 ]
 
+# A line TensorFlow's C++ code writes to file descriptor 2 on every machine, when asked: a verbose log of the XLA CPU
+# device's creation (TensorFlow's own banners depend on the CPU: the oneDNN one needs AVX-512 VNNI/BF16 or AMX).
+TF_LINE_ENV = {"TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_VMODULE": "xla_cpu_device=1"}
+TF_LINE = "Not creating XLA devices"
+
 
 def free_port() -> int:
     with socket.socket() as sock:
