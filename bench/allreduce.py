@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
+
+from benchlib.ports import free_ports
 
 
 def worker(rank: int, ports: list[int], size: int, steps: int, bytes_per_pack: int) -> None:
@@ -42,16 +43,6 @@ def worker(rank: int, ports: list[int], size: int, steps: int, bytes_per_pack: i
     ms = (time.perf_counter() - started) / steps * 1000
     if rank == 0:
         print(f"{size:>10,} floats ({size * 4 / 1e6:6.2f} MB): {ms:7.2f} ms/step", flush=True)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def main() -> None:

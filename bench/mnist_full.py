@@ -35,8 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mlp_fashion import REPO, machine, tutorial_scripts, wait_quiet  # noqa: E402
+from benchlib import REPO
+from benchlib.machine import headline, machine, wait_quiet
+from benchlib.processes import job_env
+from benchlib.tutorial import bench_figures, tutorial_scripts
 
 TUTORIAL_MODELS = ("mlp", "cnn", "large_cnn")
 DEEP = "deep_bn_cnn"
@@ -57,15 +59,12 @@ RESUMED_LINE = re.compile(r"resuming from checkpoint: .* at epoch (\d+)")
 
 
 def environment(workdir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MNIST_TRAIN_") and k != "RAY_ADDRESS"}
-    # A private Ray temp dir per run: ray.init() would otherwise join whatever /tmp/ray/ray_current_cluster names.
-    # TMPDIR too: what a run killed on purpose (the resume run) cannot clean up stays in the workdir.
+    """A run's environment (benchlib.processes.job_env), its Ray temp dir in the workdir; TMPDIR too: what a run
+    killed on purpose (the resume run) cannot clean up stays in the workdir."""
     ray_tmp, tmp = workdir / "ray-tmp", workdir / "tmp"
     ray_tmp.mkdir(parents=True, exist_ok=True)
     tmp.mkdir(exist_ok=True)
-    env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", RAY_TMPDIR=str(ray_tmp),
-               TMPDIR=str(tmp))  # fmt: skip
-    return env
+    return job_env(ray_tmp, TMPDIR=str(tmp))
 
 
 def launch(cmd: list[str], log: Any, env: dict[str, str], watch: Any = None) -> tuple[int, float]:
@@ -142,8 +141,8 @@ def run_tutorial(out: Path, data_uri: str, env: dict[str, str]) -> dict[str, Any
             bench: dict[str, Any] = {}
 
             def grab(line: str, _proc: Any, bench: dict[str, Any] = bench) -> None:
-                if line.startswith("BENCH "):
-                    bench.update(json.loads(line[6:]))
+                if figures := bench_figures(line):
+                    bench.update(figures)
 
             code, wall = launch([sys.executable, "-c", script], log, env, grab)
             if code != 0:
@@ -395,7 +394,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args()
     info = machine()
-    print(f"{info['date']}  {info['nproc']} x {info['cpu']}  git {info['git']}  data {args.data_uri}", flush=True)
+    print(f"{headline(info)}  data {args.data_uri}", flush=True)
     found: dict[str, dict[str, Any]] = {}
     failed = []
     for name in RUNS:

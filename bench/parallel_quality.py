@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlib import REPO
+
 MODELS = ("mlp", "cnn", "large_cnn")
 # The tutorial's recipe in one process: model.fit on the whole training set, batch 200, validation on the test set.
 TUTORIAL = """

@@ -29,24 +29,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import REPO
+from benchlib.ports import free_ports
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 CLIENTS, SIZES = (1, 8, 32), (1, 100)
 # The server's defaults (HAProxy in front, batching), then without batching, then batching behind Serve's Python proxy.
 MODES = {"batching": [], "no batching": ["--max-batch-size", "1"], "batching, Python proxy": ["--no-haproxy"]}
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(model_uri: str, flags: list[str], ray_tmp: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+    (port,) = free_ports(1)
     server = subprocess.Popen(
         [sys.executable, "-m", "job", "serve", "--model-uri", model_uri, "--port", str(port), *flags],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, start_new_session=True,

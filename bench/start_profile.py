@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 import psutil
-from mlp_fashion import _tree
+from benchlib.processes import process_tree
 
 BASE = ["-m", "job", "train", "--models", "mlp", "--dataset", "mnist-sample", "--workers", "1", "--epochs", "2"]
 
 
 def sample(pid: int, series: dict[int, list[tuple[float, float]]], born: dict[int, tuple[float, str]]) -> None:
     now = time.time()
-    for proc in _tree(pid):
+    for proc in process_tree(pid):
         try:
             times = proc.cpu_times()
             series.setdefault(proc.pid, []).append((now, times.user + times.system))

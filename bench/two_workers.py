@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from allreduce import free_ports
+from benchlib.ports import free_ports
 
 
 def worker(args: argparse.Namespace, rank: int, ports: list[int]) -> None:

@@ -1,0 +1,18 @@
+"""What the benchmarks in bench/ share; each script imports it from bench/ on sys.path (it is run as a file).
+
+- tutorial: the Keras tutorial's three scripts, verbatim but for the data and a timing callback
+- machine: what machine a benchmark ran on, and waiting until other work on it goes quiet
+- processes: the environment of a run's subprocesses, and a run's process tree sampled for memory and CPU
+- ports: free loopback ports for local workers and servers
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def fmt(value: float | None, spec: str) -> str:
+    """A figure in a table, "-" where there is none."""
+    return "-" if value is None else format(value, spec)
