@@ -84,7 +84,7 @@ class TrainConfig:
     models: tuple[str, ...] = TUTORIAL_MODELS
     epochs: int | None = None  # None: each model's recipe (RECIPES)
     batch_size: int | None = None  # global; None: each model's recipe
-    workers: int | None = None  # None: 0 locally (Ray Train's local mode: this process; see README), 2 on a cluster
+    workers: int | None = None  # None: 0 locally (Ray Train's local mode: this process; docs/design.md), 2 on a cluster
     gpu: bool = False
     cpus_per_worker: float | None = None  # None: this machine's cores shared out in local mode, 1 on a cluster
     dataset: str = "mnist"

@@ -72,7 +72,7 @@ def large_cnn() -> keras.Model:
 
 def deep_bn_cnn() -> keras.Model:
     """Seven convolutions with batch norm and ReLU, downsampled twice by strided 5x5 convolutions, and 40% dropout:
-    C. Deotte's "32C3-32C3-32C5S2-64C3-64C3-64C5S2-128C4" MNIST net (Kaggle, 2018; README "The fourth model").
+    C. Deotte's "32C3-32C3-32C5S2-64C3-64C3-64C5S2-128C4" MNIST net (Kaggle, 2018; docs/models.md).
 
     About 30 MFLOP forward per image, a third of An et al. 2020's M3 at half width (the model this one replaced):
     the strided convolutions halve the map twice where M3 trims two pixels a layer. Batch norm sits between each
