@@ -17,7 +17,7 @@ def job_env(ray_tmp: str | Path, **extra: str) -> dict[str, str]:
 
     Without the job's own settings (MNIST_TRAIN_*) and without RAY_ADDRESS; legacy Keras (tf_keras), TensorFlow's
     C++ logs quiet, output unbuffered, and a private Ray temp dir: ray.init() would otherwise join whatever
-    /tmp/ray/ray_current_cluster names (see README).
+    /tmp/ray/ray_current_cluster names, a Ray started on this machine by someone else.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("MNIST_TRAIN_") and k != "RAY_ADDRESS"}
     env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", RAY_TMPDIR=str(ray_tmp),
