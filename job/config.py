@@ -48,6 +48,12 @@ def check_uri(uri: str, what: str) -> str:
     return uri
 
 
+def location(uri: str) -> str:
+    """The one meaning of a place: a URI (file://, s3://, gs://) as given; a local path absolute, with ~ expanded. The
+    output's artifacts, Ray's checkpoints under it and the run log all start from this."""
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
 def _check_range(name: str, value: float, low: float, high: float, hint: str = "") -> None:
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {value:g}{hint}")
@@ -144,6 +150,7 @@ class TrainConfig:
         if self.data_uri is not None:
             check_uri(self.data_uri, "--data-uri")
         check_uri(self.output, "--output")
+        _locate(self, "output", "data_uri", "log_file")
         if not _RUN_NAME.match(self.run_name):
             raise ConfigError(
                 f"--run-name {self.run_name!r} is not valid; use 1-63 lowercase letters, digits, '.', '_' or '-', "
@@ -157,6 +164,11 @@ class TrainConfig:
         _check_range("--metrics-linger", self.metrics_linger, 0, 3600, " (0 = off)")
         if self.pushgateway is not None and not re.match(r"^https?://[^/\s]+", self.pushgateway):
             raise ConfigError(f"--pushgateway {self.pushgateway!r} is not an http(s) URL; write it as http://host:9091")
+        if self.pushgateway is not None and (userinfo := re.match(r"^(https?://)[^/@]*@", self.pushgateway)):
+            raise ConfigError(
+                f"--pushgateway {userinfo[1]}<hidden>@... carries credentials, which would show in logs and in the "
+                "chart's entrypoint; use a Pushgateway that needs none (in the cluster, behind a NetworkPolicy)"
+            )
         _check_range("--max-failures", self.max_failures, -1, 1000, " (-1 retries forever)")
         _check_range("--steps-per-execution", self.steps_per_execution, 1, 10_000)
         _check_range("--start-timeout", self.start_timeout, 1, 86_400)
@@ -219,6 +231,12 @@ class TrainConfig:
         return f"{self.output.removeprefix('file://').rstrip('/')}/run.log" if local else f"{self.run_name}.log"
 
 
+def _locate(config: Any, *names: str) -> None:
+    for name in names:
+        if getattr(config, name):
+            object.__setattr__(config, name, location(getattr(config, name)))
+
+
 def _name_parts(name: str) -> tuple[str, str]:
     """('deep_bn_cnn', '2') for a member, ('deep_bn_cnn', 'ensemble') for an ensemble, ('deep_bn_cnn', '') for a model.
     Model names have no '-', so the first one splits."""
@@ -265,6 +283,7 @@ class EvaluateConfig:
             raise ConfigError(f"unknown --dataset {self.dataset!r}; pick from {', '.join(DATASETS)} or give --data-uri")
         if self.data_uri is not None:
             check_uri(self.data_uri, "--data-uri")
+        _locate(self, "model_uri", "data_uri")
         _check_range("--batch-size", self.batch_size, 1, 1_000_000)
 
 
@@ -288,6 +307,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         check_uri(self.model_uri, "--model-uri")
+        _locate(self, "model_uri")
         _check_range("--replicas", self.replicas, 1, 1000)
         _check_range("--cpus-per-replica", self.cpus_per_replica, 0.01, 512)
         _check_range("--gpus-per-replica", self.gpus_per_replica, 0, 16)
