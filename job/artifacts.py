@@ -30,17 +30,24 @@ HISTORY_FIELDS = (
 
 
 def prepare_output(config: TrainConfig) -> None:
-    """Refuse to clobber a finished run; with --overwrite, clear what an earlier run wrote; then probe writability."""
-    results = storage.join(config.output, RESULTS)
-    if storage.exists(results):
-        if not config.overwrite:
-            raise ConfigError(
-                f"{storage.redact(config.output)} already holds a finished run ({RESULTS}); "
-                "pass --overwrite to replace it, or choose another --output"
-            )
-        for part in (RESULTS, "checkpoints", "curves.png", *config.outputs):
-            storage.delete(storage.join(config.output, part))
+    """Refuse to clobber a finished run without --overwrite; then probe writability. With --overwrite the finished run
+    stays whole until this one is final (`write`)."""
+    if not config.overwrite and storage.exists(storage.join(config.output, RESULTS)):
+        raise ConfigError(
+            f"{storage.redact(config.output)} already holds a finished run ({RESULTS}); "
+            "pass --overwrite to replace it, or choose another --output"
+        )
     storage.probe_writable(config.output)
+
+
+def finished_run(output: str) -> dict[str, Any] | None:
+    """results.json of the finished run at `output`, or None."""
+    uri = storage.join(output, RESULTS)
+    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
+
+
+def _identity(results: dict[str, Any]) -> str:
+    return f"{results['run_name']} finished at {results['finished_at']}"
 
 
 RUN_SETTINGS = "run-settings.json"
@@ -58,31 +65,49 @@ def _effective(config: TrainConfig) -> dict[str, Any]:
 
 
 def claim_run(config: TrainConfig, dataset: Dataset) -> None:
-    """Record what this run trains; a rerun that would resume it with other settings or data is refused."""
-    uri = storage.join(config.output, "checkpoints", config.run_name, RUN_SETTINGS)
+    """Record what this run trains; a rerun that would resume it with other settings or data is refused. A run that
+    replaces a finished one (--overwrite) records which; checkpoints under its name that do not are the finished
+    run's own (or an older attempt's), so it starts afresh instead of resuming them."""
+    run_dir = storage.join(config.output, "checkpoints", config.run_name)
+    uri = storage.join(run_dir, RUN_SETTINGS)
     settings = {**{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items() if k in RESUME_KEYS},
                 **_effective(config), "dataset_sha256": dataset.sha256}  # fmt: skip
+    replaced = finished_run(config.output) if config.overwrite else None
+    if replaced:
+        settings["replaces"] = _identity(replaced)
     if storage.exists(uri):
         before = json.loads(storage.read_bytes(uri))
-        # A setting added since the run began (e.g. ensemble) had its default then.
-        recorded = {k: before.get(k, FIELD_DEFAULTS.get(k)) for k in settings}
-        changed = [f"{k} {recorded[k]} -> {v}" for k, v in settings.items() if recorded[k] != v]
-        if changed:
-            raise ConfigError(
-                f"run {config.run_name} at {storage.redact(config.output)} is unfinished and would resume with other "
-                f"settings ({'; '.join(changed)}); rerun with the same settings, or use another --run-name"
-            )
-        return
+        if replaced and before.get("replaces") != settings["replaces"]:
+            storage.delete(run_dir)
+        else:
+            _refuse_changes(config, before, settings)
+            return
     storage.write_bytes(uri, json.dumps(settings, indent=1).encode())
 
 
+def _refuse_changes(config: TrainConfig, before: dict[str, Any], settings: dict[str, Any]) -> None:
+    # A setting added since the run began (e.g. ensemble) had its default then.
+    recorded = {k: before.get(k, FIELD_DEFAULTS.get(k)) for k in settings}
+    changed = [f"{k} {recorded[k]} -> {v}" for k, v in settings.items() if recorded[k] != v]
+    if changed:
+        raise ConfigError(
+            f"run {config.run_name} at {storage.redact(config.output)} is unfinished and would resume with other "
+            f"settings ({'; '.join(changed)}); rerun with the same settings, or use another --run-name"
+        )
+
+
 def write(config: TrainConfig, dataset: Dataset, checkpoint: Path, started: float) -> dict[str, Any]:
-    """Upload models, histories and curves from the final checkpoint, then results.json."""
+    """Upload models, histories and curves from the final checkpoint, then results.json. A finished run this one
+    replaces (--overwrite) loses its results.json first, so no results.json ever describes a mix of the two, and
+    afterwards whatever of it the new results.json does not describe."""
     state = RunState.load(checkpoint)
     missing = [name for name in config.outputs if name not in state.finished]
     if missing:
         raise RuntimeError(f"the final checkpoint lacks finished models: {', '.join(missing)}")
     histories = {name: state.finished[name]["history"] for name in config.outputs}
+    replaced = finished_run(config.output) if config.overwrite else None
+    if replaced:
+        storage.delete(storage.join(config.output, RESULTS))
     with tempfile.TemporaryDirectory(prefix="mnist-artifacts-") as tmp:
         staging = Path(tmp)
         for name in config.outputs:
@@ -93,7 +118,18 @@ def write(config: TrainConfig, dataset: Dataset, checkpoint: Path, started: floa
               for name in config.outputs}  # fmt: skip
     results = _results(config, dataset, models, started)
     storage.write_bytes(storage.join(config.output, RESULTS), json.dumps(results, indent=2).encode())
+    if replaced:
+        _remove_leftovers(config, replaced)
     return results
+
+
+def _remove_leftovers(config: TrainConfig, replaced: dict[str, Any]) -> None:
+    """What the replaced run wrote that this one did not overwrite: its other models and its checkpoints."""
+    leftovers = [name for name in replaced["models"] if name not in config.outputs]
+    if replaced["run_name"] != config.run_name:
+        leftovers.append(f"checkpoints/{replaced['run_name']}")
+    for part in leftovers:
+        storage.delete(storage.join(config.output, part))
 
 
 def _stage_model(exported: Path, folder: Path, history: list[dict[str, Any]]) -> None:

@@ -35,7 +35,7 @@ def check_inputs(config: TrainConfig) -> Dataset:
         cluster.check(config.address)
         dataset = load(config.dataset, config.data_uri, fallback=not config.address)
         _check_batch(config, dataset)
-        artifacts.prepare_output(config)  # last: with --overwrite it deletes the old run, so only once inputs are good
+        artifacts.prepare_output(config)
         artifacts.claim_run(config, dataset)
     except storage.StorageError as err:
         raise ConfigError(str(err)) from None
