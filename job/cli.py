@@ -7,6 +7,7 @@ import gc
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -335,12 +336,18 @@ def _train(config: TrainConfig) -> int:
     started, status, tests = time.time(), "failed", {}
     log = console.setup(Path(config.log_path), config.verbose)
     print(f"log: {config.log_path}", flush=True)
+    endpoint = metrics.DriverEndpoint.start(config, started)
     try:
         results = train.run(config, dataset, log)
         status = "succeeded"
         tests = {name: (m["test_loss"], m["test_error"]) for name, m in results["models"].items()}
+    except BaseException:
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR {PROG}: run failed\n{traceback.format_exc()}")
+        raise
     finally:
-        metrics.publish_run_end(config, status, tests, started_at=started, finished_at=time.time())
+        metrics.publish_run_end(config, status, tests, started_at=started, finished_at=time.time(), endpoint=endpoint)
+        log.flush()
+        storage.keep_log(config.log_path, config.output)
         log.close()
     return 0
 

@@ -140,6 +140,18 @@ def download_checkpoint(checkpoint: Any, local_dir: str | Path) -> Path:
     return Path(local_dir)
 
 
+def keep_log(log_path: str, output: str) -> None:
+    """The run log beside the outputs at the end of every run, failed or not, unless it is written there already
+    (s3://, gs://, --log-file): a head pod's disk goes with its cluster. A failed copy is a warning, not the outcome."""
+    target = join(output, "run.log")
+    if os.path.abspath(log_path) == os.path.abspath(target.removeprefix("file://")):
+        return
+    try:
+        write_bytes(target, Path(log_path).read_bytes())
+    except (StorageError, OSError) as err:
+        log.warning("could not copy the run log to %s: %s", redact(target), first_line(err))
+
+
 def probe_writable(uri: str) -> None:
     """Fail early, before training, when the output cannot be written (missing bucket, wrong credentials, read-only)."""
     probe = join(uri, f".write-probe-{uuid.uuid4().hex[:8]}")
