@@ -90,7 +90,12 @@ def _fit_on_ray(config: TrainConfig, dataset: Dataset) -> Any:
         train_loop_config={"config": config, "data": ray.put(dataset)},
         backend_config=TensorflowConfig(),
         scaling_config=ScalingConfig(
-            num_workers=config.workers, use_gpu=config.gpu, resources_per_worker=_worker_resources(config)
+            num_workers=config.workers,
+            use_gpu=config.gpu,
+            resources_per_worker=_worker_resources(config),
+            # On a cluster each worker on a node of its own where there are enough: a KubeRay worker pod declares all
+            # its CPUs to Ray, and Ray's default (PACK) put two workers on the first pod, leaving the second idle.
+            placement_strategy="SPREAD" if config.address else "PACK",
         ),
         run_config=RunConfig(
             name=config.run_name,
