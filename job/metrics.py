@@ -27,7 +27,7 @@ JOB = "mnist-train"
 BIND_ADDRESS = "0.0.0.0"
 PORT_ATTEMPTS = 100
 PUSH_TIMEOUT_S = 5.0
-STATUSES = ("succeeded", "failed")
+STATUSES = ("running", "succeeded", "failed")  # the driver serves "running" while a cluster run trains
 SPLIT_KEYS = {"train": ("loss", "accuracy"), "val": ("val_loss", "val_accuracy")}
 
 # name -> (help, extra labels beyond run/rank). One table, so every process exports a name with the same help and type.
@@ -59,7 +59,10 @@ WORKER_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
 RUN_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "mnist_train_run_start_timestamp_seconds": WORKER_GAUGES["mnist_train_run_start_timestamp_seconds"],
     "mnist_train_run_end_timestamp_seconds": ("Unix time the run ended.", ()),
-    "mnist_train_run_status": ("1 for the run's final status (succeeded or failed), else 0.", ("status",)),
+    "mnist_train_run_status": (
+        "1 for the run's status (running, on a cluster's driver while it trains; then succeeded or failed), else 0.",
+        ("status",),
+    ),
     "mnist_train_last_success_timestamp_seconds": ("Unix time the run ended successfully.", ()),
     "mnist_train_test_loss": WORKER_GAUGES["mnist_train_test_loss"],
     "mnist_train_test_error_ratio": WORKER_GAUGES["mnist_train_test_error_ratio"],
@@ -115,6 +118,40 @@ class _Pusher:
         return True
 
 
+class _BackgroundPusher:
+    """A worker's pushes, off the training thread: a slow or dark Pushgateway must not hold up the next step (and with
+    it every other worker, at the next collective). The registry holds the latest values, so the pending groups are
+    a set, and a group asked for twice before its push is pushed once."""
+
+    def __init__(self, pusher: _Pusher, registry: CollectorRegistry) -> None:
+        self._pusher, self._registry = pusher, registry
+        self._pending: dict[tuple[tuple[str, str], ...], None] = {}
+        self._busy = False
+        self._cv = threading.Condition()
+        threading.Thread(target=self._run, name="pushgateway", daemon=True).start()
+
+    def request(self, keys: Iterable[dict[str, str]]) -> None:
+        with self._cv:
+            self._pending.update((tuple(sorted(key.items())), None) for key in keys)
+            self._cv.notify()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every requested group was pushed (or tried), for at most `timeout` s; True if all were."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._pending and not self._busy, timeout=timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._pending)
+                keys, self._busy = [dict(key) for key in self._pending], True
+                self._pending.clear()
+            self._pusher.push(_group(self._registry, key) for key in keys)
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+
+
 def _serve(registry: CollectorRegistry, port: int, who: str) -> tuple[HTTPServer | None, int | None]:
     """Serve /metrics on `port` or the next free port above it; (server, port), or (None, None) if none is free."""
     for candidate in range(port, min(port + PORT_ATTEMPTS, 65536)):
@@ -164,7 +201,9 @@ class WorkerMetrics:
         }
         self._m["mnist_train_info"].labels(**self._ids, **info).set(1)
         self._m["mnist_train_run_start_timestamp_seconds"].labels(**self._ids).set(time.time())
-        self._pusher = _Pusher(config.pushgateway, self.who) if config.pushgateway else None
+        self._pusher = (
+            _BackgroundPusher(_Pusher(config.pushgateway, self.who), self.registry) if config.pushgateway else None
+        )
         self._server, self.port = None, None
         if config.metrics_port > 0:
             self._server, self.port = _serve(self.registry, config.metrics_port, self.who)
@@ -202,17 +241,21 @@ class WorkerMetrics:
         if model not in self._models:
             self._models.append(model)
 
-    def push(self, model: str | None = None) -> bool:
-        """Push this worker's run-level group and `model`'s group (all models if None); False if a push failed."""
+    def push(self, model: str | None = None) -> None:
+        """Push this worker's run-level group and `model`'s group (all models if None), in the background."""
         if self._pusher is None:
-            return True
+            return
         models = self._models if model is None else [model]
-        keys = [self._ids] + [{**self._ids, "model": m} for m in models]
-        return self._pusher.push(_group(self.registry, key) for key in keys)
+        self._pusher.request([self._ids] + [{**self._ids, "model": m} for m in models])
+
+    def flush(self, timeout: float = 2 * PUSH_TIMEOUT_S) -> bool:
+        """Wait, at most `timeout` s, until the pushes asked for so far were made (or failed); True if they were."""
+        return self._pusher is None or self._pusher.flush(timeout)
 
     def close(self) -> None:
-        """Push the final state and stop serving /metrics. Safe to call twice."""
+        """Push the final state (waiting a bounded time for it) and stop serving /metrics. Safe to call twice."""
         self.push()
+        self.flush()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -224,13 +267,14 @@ def _run_registry(
     status: str,
     test_results: Mapping[str, tuple[float, float]],
     started_at: float,
-    finished_at: float,
+    finished_at: float | None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry()
     g = {name: Gauge(name, doc, ("run",) + extra, registry=registry) for name, (doc, extra) in RUN_GAUGES.items()}
     run = config.run_name
     g["mnist_train_run_start_timestamp_seconds"].labels(run=run).set(started_at)
-    g["mnist_train_run_end_timestamp_seconds"].labels(run=run).set(finished_at)
+    if finished_at is not None:
+        g["mnist_train_run_end_timestamp_seconds"].labels(run=run).set(finished_at)
     for name in STATUSES:
         g["mnist_train_run_status"].labels(run=run, status=name).set(1 if name == status else 0)
     if status == "succeeded":
@@ -241,27 +285,61 @@ def _run_registry(
     return registry
 
 
+class DriverEndpoint:
+    """The driver's /metrics on --metrics-port for a whole cluster run (on KubeRay: the head pod's `train-metrics`
+    port, which the PodMonitor scrapes): the run's start and status "running" while it trains, then its outcome. A
+    declared target that is down for the whole run would fire kube-prometheus-stack's TargetDown alert."""
+
+    def __init__(self, config: TrainConfig, started_at: float) -> None:
+        self._watch = _ScrapeWatch(_run_registry(config, "running", {}, started_at, None))
+        served = CollectorRegistry(auto_describe=False)
+        served.register(self._watch)
+        self._server, self.port = _serve(served, config.metrics_port, "driver")
+
+    @classmethod
+    def start(cls, config: TrainConfig, started_at: float) -> DriverEndpoint | None:
+        """Serve on a cluster (--address) with --metrics-port; locally the workers' ports are enough."""
+        return cls(config, started_at) if config.address and config.metrics_port > 0 else None
+
+    def serve_outcome(self, registry: CollectorRegistry, linger: float) -> None:
+        """Serve the outcome instead, until a scrape has read it (at most `linger` s); then stop serving."""
+        if self._server is None:
+            return
+        self._watch.show(registry)
+        try:
+            if linger > 0:
+                _wait_for_scrape(self._watch, self.port, linger)
+        finally:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
 def publish_run_end(
     config: TrainConfig,
     status: str,
     test_results: Mapping[str, tuple[float, float]],
     started_at: float,
     finished_at: float,
+    endpoint: DriverEndpoint | None = None,
 ) -> bool:
     """Driver: publish the run's outcome (status, timestamps, test results) once, through each route configured.
 
-    With --pushgateway it is pushed; with --metrics-linger it is also served on --metrics-port until one scrape has
-    read it (so a scrape-only Prometheus always gets it), for at most that many seconds. A failed push logs one
-    warning and returns False; nothing here raises for a metrics problem.
+    With --pushgateway it is pushed; with --metrics-linger it is also served on --metrics-port (by `endpoint`, where
+    the driver served the run while it trained) until one scrape has read it (so a scrape-only Prometheus always gets
+    it), for at most that many seconds. A failed push logs one warning and returns False; nothing here raises for a
+    metrics problem.
     """
-    if status not in STATUSES:
-        raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+    if status not in STATUSES[1:]:
+        raise ValueError(f"status must be one of {', '.join(STATUSES[1:])}, got {status!r}")
     registry = _run_registry(config, status, test_results, started_at, finished_at)
     pushed = True
     if config.pushgateway is not None:
         keys = [{"run": config.run_name}] + [{"run": config.run_name, "model": m} for m in test_results]
         pushed = _Pusher(config.pushgateway, "driver").push(_group(registry, key) for key in keys)
-    if config.metrics_linger > 0 and config.metrics_port > 0:
+    if endpoint is not None:
+        endpoint.serve_outcome(registry, config.metrics_linger)
+    elif config.metrics_linger > 0 and config.metrics_port > 0:
         _serve_until_scraped(registry, config.metrics_port, config.metrics_linger)
     return pushed
 
@@ -272,9 +350,15 @@ class _ScrapeWatch:
     def __init__(self, registry: CollectorRegistry) -> None:
         self._registry, self.scraped = registry, threading.Event()
 
+    def show(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self.scraped.clear()
+
     def collect(self) -> Iterable[Metric]:
-        yield from self._registry.collect()
-        self.scraped.set()
+        registry = self._registry
+        yield from registry.collect()
+        if registry is self._registry:
+            self.scraped.set()
 
 
 def _serve_until_scraped(registry: CollectorRegistry, port: int, linger: float) -> None:
@@ -284,15 +368,19 @@ def _serve_until_scraped(registry: CollectorRegistry, port: int, linger: float) 
     server, bound = _serve(served, port, "driver")
     if server is None:
         return
-    print(
-        f"serving the run's outcome on :{bound}/metrics until Prometheus scrapes it (at most {linger:g} s)", flush=True
-    )
-    started = time.monotonic()
     try:
-        if watch.scraped.wait(linger):
-            print(f"outcome scraped after {time.monotonic() - started:.1f} s", flush=True)
-        else:
-            log.warning("the run's outcome was not scraped in %g s; is Prometheus scraping port %d?", linger, bound)
+        _wait_for_scrape(watch, bound, linger)
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _wait_for_scrape(watch: _ScrapeWatch, port: int, linger: float) -> None:
+    print(
+        f"serving the run's outcome on :{port}/metrics until Prometheus scrapes it (at most {linger:g} s)", flush=True
+    )
+    started = time.monotonic()
+    if watch.scraped.wait(linger):
+        print(f"outcome scraped after {time.monotonic() - started:.1f} s", flush=True)
+    else:
+        log.warning("the run's outcome was not scraped in %g s; is Prometheus scraping port %d?", linger, port)

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from promlib import Prometheus, Server, binary, free_port_range, http_get
 
 from job import dashboard, metrics
-from job.config import TrainConfig
+from job.config import ConfigError, TrainConfig
 
 from support import free_port
 
@@ -182,6 +182,7 @@ def test_each_epoch_is_pushed_under_job_run_model_rank(tmp_path: Path, pushgatew
     for worker in workers:
         record = {"epoch": 1, "loss": 0.25, "accuracy": 0.5, "val_loss": 0.3, "val_accuracy": 0.4, "seconds": 0.1}
         worker.record_epoch("mlp", record, local_examples=100)
+        assert worker.flush()
     text = gateway_text(pushgateway)
     group = {"job": "mnist-train", "run": RUN, "model": "mlp"}
     assert value(text, "mnist_train_epoch_loss", **group, rank="0", split="val", epoch="1") == 0.3
@@ -190,6 +191,7 @@ def test_each_epoch_is_pushed_under_job_run_model_rank(tmp_path: Path, pushgatew
         assert value(text, "mnist_train_info", job="mnist-train", run=RUN, rank=rank) == 1
     assert value(text, "push_failure_time_seconds", **group, rank="0") == 0
     workers[0].record_test("mlp", 0.2, 0.05)
+    assert workers[0].flush()
     assert value(gateway_text(pushgateway), "mnist_train_test_error_ratio", **group, rank="0") == 0.05
 
 
@@ -204,6 +206,7 @@ def recoveries(caplog: pytest.LogCaptureFixture) -> list[str]:
 def epoch_end(worker: metrics.WorkerMetrics, epoch: int) -> None:
     record = {"epoch": epoch + 1, "loss": 1.0 / (epoch + 1), "accuracy": 0.5, "seconds": 0.01}
     worker.record_epoch("mlp", record, local_examples=10)
+    worker.flush()
 
 
 def test_outage_logs_one_warning_per_outage_and_recovers(
@@ -320,3 +323,47 @@ def test_an_unscraped_outcome_lingers_only_as_long_as_asked(tmp_path: Path, capl
 def port_is_open(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_pushgateway_that_never_answers_does_not_hold_up_training(tmp_path: Path) -> None:
+    """A gateway that accepts connections and never answers: each push waits its whole timeout (5 s), on the push
+    thread; the epochs go on at once, and close() waits a bounded time for the last push."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        worker = exporter(tmp_path, 0, 1, pushgateway=f"http://127.0.0.1:{silent.getsockname()[1]}")
+        started = time.monotonic()
+        for epoch in range(3):
+            worker.record_epoch("mlp", {"epoch": epoch + 1, "loss": 1.0, "seconds": 0.01}, local_examples=10)
+        recorded = time.monotonic() - started
+        assert not worker.flush(timeout=0.5)  # the first push is still waiting for the silent gateway
+        worker.close()
+        closed = time.monotonic() - started
+    print(f"\n3 epochs recorded in {recorded * 1000:.1f} ms against a silent Pushgateway; close() after {closed:.1f} s")
+    assert recorded < 1.0 and closed < 3 * metrics.PUSH_TIMEOUT_S
+
+
+def test_a_pushgateway_url_with_credentials_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^--pushgateway http://<hidden>@\.\.\. carries credentials"):
+        make_config(tmp_path, pushgateway="http://user:secret@gateway:9091")
+
+
+def test_on_a_cluster_the_driver_is_a_target_that_is_up_for_the_whole_run(
+    tmp_path: Path, prometheus_factory, capsys: pytest.CaptureFixture
+) -> None:
+    """The head pod's train-metrics port, which the PodMonitor declares: up while the run trains (status running),
+    then the outcome, served until scraped. Locally the driver serves nothing while it trains (the workers do)."""
+    port = free_port()
+    config = make_config(tmp_path, address="10.0.0.1:6379", metrics_port=port, metrics_linger=60)
+    assert metrics.DriverEndpoint.start(make_config(tmp_path, metrics_port=port), 1000.0) is None
+    prometheus = prometheus_factory([{"job_name": "head", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}])
+    endpoint = metrics.DriverEndpoint.start(config, started_at=1000.0)
+    try:
+        prometheus.wait_for('up{job="head"}', lambda r: len(r) == 1 and r[0]["value"][1] == "1")
+        running = prometheus.wait_for(f'mnist_train_run_status{{run="{RUN}"}} == 1', lambda r: len(r) == 1)
+        assert running[0]["metric"]["status"] == "running"
+    finally:
+        metrics.publish_run_end(config, "succeeded", {"mlp": (0.07, 0.021)}, 1000.0, 1090.5, endpoint=endpoint)
+    assert "outcome scraped after" in capsys.readouterr().out and not port_is_open(port)
+    done = prometheus.wait_for(f'mnist_train_run_status{{run="{RUN}"}} == 1', lambda r: len(r) == 1)
+    assert done[0]["metric"]["status"] == "succeeded"
