@@ -13,22 +13,28 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from grafana_foundation_sdk.builders import bargauge, stat, table, timeseries, trend
-from grafana_foundation_sdk.builders import dashboard as dash
-from grafana_foundation_sdk.builders import prometheus as prom
-from grafana_foundation_sdk.builders.common import ReduceDataOptions, VizLegendOptions
-from grafana_foundation_sdk.cog.encoder import JSONEncoder
-from grafana_foundation_sdk.models import common
-from grafana_foundation_sdk.models.dashboard import (
-    DashboardCursorSync,
-    DataSourceRef,
-    DataTransformerConfig,
-    DynamicConfigValue,
-    VariableOption,
-    VariableRefresh,
-    VariableSort,
-)
-from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+try:  # a development tool, not needed to train: the package's [dev] extra brings its library
+    from grafana_foundation_sdk.builders import bargauge, stat, table, timeseries, trend
+    from grafana_foundation_sdk.builders import dashboard as dash
+    from grafana_foundation_sdk.builders import prometheus as prom
+    from grafana_foundation_sdk.builders.common import ReduceDataOptions, VizLegendOptions
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models import common
+    from grafana_foundation_sdk.models.dashboard import (
+        DashboardCursorSync,
+        DataSourceRef,
+        DataTransformerConfig,
+        DynamicConfigValue,
+        VariableOption,
+        VariableRefresh,
+        VariableSort,
+    )
+    from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+except ImportError as missing:
+    raise SystemExit(
+        f"python -m job.dashboard: {missing.name} is not installed; install the development extra: "
+        "pip install -e '.[dev]' (make setup does)"
+    ) from None
 
 UID = "mnist-train"
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")

@@ -3,9 +3,13 @@ tools read may lie outside it (this team keeps its CRD originals and full MNIST 
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 import subprocess
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
 
 from support import ROOT
 
@@ -51,3 +55,41 @@ def test_the_crd_copies_are_the_ones_their_readme_names() -> None:
         row = next((line for line in readme.splitlines() if line.startswith(f"| {path.name} |")), None)
         assert row, f"{path.name} has no row (source, commit, license, sha256) in crds/README.md"
         assert f"`{hashlib.sha256(path.read_bytes()).hexdigest()}`" in row, f"{path.name} differs from its README row"
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\[<>=~!; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def job_imports() -> dict[str, set[str]]:
+    """{top-level module imported anywhere in job/ (not the standard library): the files importing it}."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "job").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for top in {name.split(".")[0] for name in names} - {"job", "__future__"}:
+                if top not in sys.stdlib_module_names:
+                    found.setdefault(top, set()).add(path.name)
+    return found
+
+
+# Imported by the job but installed by an extra of a declared dependency (ray[serve] brings Starlette).
+THROUGH_AN_EXTRA = {"starlette": "ray"}
+
+
+def test_the_runtime_dependencies_are_what_the_job_imports() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {_name(r) for r in project["dependencies"]}
+    dev = {_name(r) for r in project["optional-dependencies"]["dev"]}
+    distributions = packages_distributions()
+    imported = set()
+    for module, files in job_imports().items():
+        names = {THROUGH_AN_EXTRA.get(module) or _name(d) for d in distributions.get(module, [module])}
+        if files == {"dashboard.py"}:  # the dashboard generator, a development tool
+            assert names & dev, f"{module} (job/dashboard.py) is not in the [dev] extra"
+            continue
+        assert names & runtime, f"{module} (job/{', job/'.join(sorted(files))}) is not a runtime dependency"
+        imported |= names & runtime
+    assert runtime - imported == set(), "runtime dependencies the job never imports (move them to an extra)"
