@@ -64,6 +64,35 @@ def _check_token(address: str) -> None:
         ) from None
 
 
+def check_every_node_sees(path: str, what: str) -> None:
+    """On a cluster of several nodes, fail before any work when a node cannot see `path`, a local path (file:// too)
+    that exists here: a node's own disk, unless every node mounts the same file system (NFS, one machine). `what`
+    names it for the user ("--output /runs/a"; `path` may be a probe file inside it). Needs ray.init. Object storage
+    (s3://, gs://) is seen from everywhere and not checked."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if "://" in path and not path.startswith("file://"):
+        return
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    if len(nodes) < 2:
+        return
+    local = path.removeprefix("file://")
+    look = ray.remote(num_cpus=0, max_retries=0)(os.path.exists)
+    seen = ray.get(
+        [
+            look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(local)
+            for n in nodes
+        ]  # fmt: skip
+    )
+    blind = sorted({node["NodeManagerAddress"] for node, ok in zip(nodes, seen, strict=True) if not ok})
+    if blind:
+        raise ConfigError(
+            f"{what} is on this machine's disk, which the Ray node(s) at {', '.join(blind)} cannot see; use "
+            "s3://, gs:// or a file system that every node mounts"
+        )
+
+
 @contextlib.contextmanager
 def _ray_config(**settings: str) -> Iterator[None]:
     """Ray's C++ settings for this process, for the duration only (RAY_<name> variables, read by Config)."""

@@ -25,6 +25,7 @@ import numpy as np
 import orjson
 from ray import serve
 
+from job import cluster
 from job.config import ConfigError, ServeConfig
 from job.errors import first_line
 
@@ -250,6 +251,8 @@ def run(config: ServeConfig) -> int:
         signal.signal(signum, lambda *_: stop.set())
     with _ray(config):
         _check_resources(config)
+        if config.address:
+            cluster.check_every_node_sees(config.model_uri, f"--model-uri {config.model_uri}")
         serve.start(http_options={"host": config.host, "port": config.port}, logging_config=_serve_logging(config))
         try:
             try:
@@ -269,8 +272,6 @@ def run(config: ServeConfig) -> int:
 def _ray(config: ServeConfig) -> Iterator[None]:
     """A private local Ray (quiet: Ray's logs stay in its session folder), or the cluster at --address."""
     import ray
-
-    from job import cluster
 
     quiet = not config.verbose
     for name in ("ray", "ray.serve"):

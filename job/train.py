@@ -9,6 +9,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -83,6 +84,8 @@ def _fit_on_ray(config: TrainConfig, dataset: Dataset) -> Any:
     from job.worker import train_loop_per_worker
 
     _check_resources(config, ray.cluster_resources())
+    if config.address:
+        _check_output_is_shared(config.output)
     if config.gpu:
         _check_gpu_visible()
     trainer = trainer_class(local=not config.address)(
@@ -108,6 +111,16 @@ def _fit_on_ray(config: TrainConfig, dataset: Dataset) -> Any:
         ),
     )
     return trainer.fit().checkpoint
+
+
+def _check_output_is_shared(output: str) -> None:
+    """The workers write the checkpoints (Ray's storage path) and the models under --output themselves."""
+    probe = storage.join(output, f".node-probe-{uuid.uuid4().hex[:8]}")
+    storage.write_bytes(probe, b"")
+    try:
+        cluster.check_every_node_sees(probe, f"--output {output}")
+    finally:
+        storage.delete(probe)
 
 
 def _check_gpu_visible() -> None:

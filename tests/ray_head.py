@@ -30,7 +30,7 @@ class RayHead:
 
 
 @contextlib.contextmanager
-def ray_head(*extra: str) -> Iterator[RayHead]:
+def ray_head(*extra: str, num_cpus: int = 2) -> Iterator[RayHead]:
     # TMPDIR, Ray's sessions included, for the head and the jobs run against it: removed at the end, whatever was
     # killed. Short, for Ray's socket paths.
     tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
@@ -38,7 +38,7 @@ def ray_head(*extra: str) -> Iterator[RayHead]:
            "RAY_AUTH_TOKEN": secrets.token_hex(16), "TMPDIR": tmp, "RAY_TMPDIR": tmp}  # fmt: skip
     port, dashboard = free_port(), free_port()
     head = subprocess.Popen(
-        ["ray", "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
+        ["ray", "start", "--head", "--block", "--num-cpus", str(num_cpus), "--port", str(port),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
          "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats", *extra],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
