@@ -178,6 +178,10 @@ CASES = [
          "--output {dir}/file/out is not writable: "),
     Case("output-finished", "`--output` that already holds a finished run (results.json)",
          ("--output", "{dir}/done"), "{dir}/done already holds a finished run (results.json); pass --overwrite"),
+    Case("pushgateway-credentials", "`--pushgateway http://user:password@host:9091`",
+         ("--pushgateway", "http://user:secret@gateway:9091"),
+         "--pushgateway http://<hidden>@... carries credentials, which would show in logs and in the chart's "
+         "entrypoint; use a Pushgateway that needs none (in the cluster, behind a NetworkPolicy)"),
     # cluster
     Case("address-unreachable", "`--address 127.0.0.1:PORT` where no Ray listens", ("--address", "127.0.0.1:{port}"),
          "cannot reach the Ray cluster at --address 127.0.0.1:{port} (Connection refused); check the address",
@@ -205,6 +209,14 @@ FAULTS = [
     ("`--gpu`, and Ray has GPUs that TensorFlow cannot use (no CUDA libraries, no driver)", "exit 1 within "
      "seconds: `run failed: Ray assigned GPU 0 to this worker but TensorFlow sees no GPU: ...; refusing to train on "
      "CPU`", "tests/test_gpu_paths.py::test_gpu_that_tensorflow_cannot_see_fails_fast_with_one_line"),
+    ("`--address` (a cluster of several nodes) with `--output` (or serve's `--model-uri`) on the driver's disk",
+     "exit 2 in seconds, before training: `--output PATH is on this machine's disk, which the Ray node(s) at IP "
+     "cannot see; use s3://, gs:// or a file system that every node mounts`; a path every node mounts works",
+     "tests/test_node_local_paths.py::test_an_output_on_the_drivers_disk_is_refused_before_training"),
+    ("`--overwrite`, and the new run fails or is killed", "the finished run at `--output` stays whole (its "
+     "results.json and models) until the new run is final; the same command resumes the new run; afterwards "
+     "nothing of the old run is left that the new results.json does not describe",
+     "tests/test_overwrite.py::test_an_overwrite_killed_mid_way_keeps_the_finished_run_until_its_rerun_is_final"),
     ("`--metrics-port P` while P is taken", "not an error: each worker takes the next free port and logs "
      "`rank N: port P is in use, took the next free one` and `rank N: serving /metrics on :Q`",
      "tests/test_resume.py::test_busy_metrics_port_falls_back_to_the_next_free_one"),
