@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import signal
 import sys
 import time
 import traceback
@@ -24,7 +25,7 @@ from job.config import (
     defaults,
 )
 from job.data import DataError
-from job.errors import root_cause
+from job.errors import root_cause, sigterm_received, stop_on_sigterm
 from job.storage import redact
 
 ENV_PREFIX = "MNIST_TRAIN_"
@@ -309,6 +310,7 @@ def parse(argv: Sequence[str] | None = None) -> TrainConfig | EvaluateConfig | S
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; the one place that turns errors into one line on stderr and an exit code."""
     config = parse(argv)
+    stop_on_sigterm()
     try:
         if isinstance(config, EvaluateConfig):
             from job import evaluate
@@ -326,6 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # the run failed for good: one clear line, no results.json
         print(f"{PROG}: error: run failed: {redact(root_cause(err))}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (errors.Stopped), after every clean-up on the way out
+        how = ("SIGTERM", signal.SIGTERM) if sigterm_received() else ("interrupted", signal.SIGINT)
+        again = "; the same command resumes the run" if isinstance(config, TrainConfig) else ""
+        print(f"{PROG}: stopped ({how[0]}){again}", file=sys.stderr)
+        return 128 + how[1]
 
 
 def _train(config: TrainConfig) -> int:

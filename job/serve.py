@@ -247,9 +247,9 @@ def run(config: ServeConfig) -> int:
 
     read_model(config.model_uri)  # a missing or unreadable model fails here, in one line, before Ray starts
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     with _ray(config):
+        for signum in (signal.SIGINT, signal.SIGTERM):  # after ray.init, whose native SIGTERM handler aborts
+            signal.signal(signum, lambda *_: stop.set())
         _check_resources(config)
         if config.address:
             cluster.check_every_node_sees(config.model_uri, f"--model-uri {config.model_uri}")

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from job import artifacts, cluster, console, storage
 from job.config import ConfigError, TrainConfig, placement
 from job.data import Dataset, load
+from job.errors import stop_on_sigterm
 
 log = logging.getLogger("mnist-train")
 
@@ -51,8 +52,11 @@ def run(config: TrainConfig, dataset: Dataset, log_stream: TextIO) -> dict[str, 
     session = (
         console.stderr_to_log(log_stream, config.verbose) if config.in_process else _ray_session(config, log_stream)
     )
-    with session, tempfile.TemporaryDirectory(prefix="mnist-final-") as final:
-        saved = _fit_in_process(config, dataset) if config.in_process else _fit_on_ray(config, dataset)
+    # The local Ray workers' temp folders go in `scratch`, removed after Ray stops: a worker stopped by SIGTERM (sent to
+    # the whole process group) exits without unwinding the thread that trains, so it cannot remove its own.
+    scratch = contextlib.nullcontext() if config.in_process or config.address else _scratch()
+    with scratch as worker_tmp, session, tempfile.TemporaryDirectory(prefix="mnist-final-") as final:
+        saved = _fit_in_process(config, dataset) if config.in_process else _fit_on_ray(config, dataset, worker_tmp)
         if saved is None:
             raise RuntimeError("training ended without a checkpoint")
         storage.download_checkpoint(saved, final)
@@ -74,7 +78,11 @@ def _fit_in_process(config: TrainConfig, dataset: Dataset) -> Any:
         raise ConfigError(str(err)) from None
 
 
-def _fit_on_ray(config: TrainConfig, dataset: Dataset) -> Any:
+def _scratch() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="mnist-workers-", ignore_cleanup_errors=True)
+
+
+def _fit_on_ray(config: TrainConfig, dataset: Dataset, worker_tmp: str | None) -> Any:
     """Run train_loop_per_worker on the Ray Train workers; the final checkpoint."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -90,7 +98,7 @@ def _fit_on_ray(config: TrainConfig, dataset: Dataset) -> Any:
         _check_gpu_visible()
     trainer = trainer_class(local=not config.address)(
         train_loop_per_worker,
-        train_loop_config={"config": config, "data": ray.put(dataset)},
+        train_loop_config={"config": config, "data": ray.put(dataset), "tmp": worker_tmp},
         backend_config=TensorflowConfig(),
         scaling_config=ScalingConfig(
             num_workers=config.workers,
@@ -207,6 +215,7 @@ def _ray_session(config: TrainConfig, log_stream: TextIO) -> Iterator[None]:
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True, configure_logging=False,
                  _system_config=system)  # fmt: skip
     preload.join()
+    stop_on_sigterm()
     console.route_worker_output(log_stream, config.verbose)
     try:
         yield

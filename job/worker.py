@@ -47,7 +47,7 @@ class Worker:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     previous = tempfile.tempdir  # in this process (--workers 0), the driver's own
-    with tempfile.TemporaryDirectory(prefix="mnist-worker-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="mnist-worker-", dir=loop_config.get("tmp")) as workdir:
         tempfile.tempdir = workdir  # TensorFlow's autograph writes a .py file per traced function to the temp folder
         try:
             _train_all(loop_config["config"], loop_config["data"], Path(workdir))
