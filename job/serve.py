@@ -36,6 +36,11 @@ BYTES_PER_DIGIT = PIXELS * 24  # a generous JSON pixel ("254.99999, "): the body
 LATENCY_BOUNDARIES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A model call's digits, at most: a batch of 32 requests of --max-digits 1000 each would be 32,000 digits, and the
+# CNN's first activation alone 2.4 GB. Bigger batches are cut into calls of this size (74 MB there).
+DIGITS_PER_CALL = 1000
+# Bodies larger than this (about 20 JSON digits) are parsed on a thread, not on the event loop that gathers batches.
+PARSE_INLINE_BYTES = 64 * 1024
 # Ray Serve's high-throughput mode (Ray >= 2.55): HAProxy, not Serve's Python proxy, takes the HTTP requests and passes
 # them to each replica's own HTTP server. Ray Serve reads these as its processes start: a local Ray gets them from
 # `run`; a cluster from where it starts (the chart sets them). A prediction has no side effects, so HAProxy may replay
@@ -190,7 +195,11 @@ class Digits:
             return 404, {"error": f"no route {path}; POST digits to /predict, GET /healthz"}
         if request.method != "POST":
             return 405, {"error": "POST the digits to /predict"}
-        digits = parse(await request.body(), request.headers.get("content-type", ""), self.config.max_digits)
+        body, kind = await request.body(), request.headers.get("content-type", "")
+        if len(body) > PARSE_INLINE_BYTES:
+            digits = await asyncio.to_thread(parse, body, kind, self.config.max_digits)
+        else:
+            digits = parse(body, kind, self.config.max_digits)
         # A batch waits to fill only while other requests are in the replica: a lone client is not held back.
         self.infer.set_batch_wait_timeout_s(self.config.batch_wait_ms / 1000 if self.in_flight > 1 else 0)
         probabilities = await self.infer(digits)
@@ -209,7 +218,8 @@ class Digits:
 
 
 def _compiled(model: Any, gpu: bool) -> Any:
-    """model(x) as one traced function for any batch size; pixels scaled as in training (job.models.features)."""
+    """model(x) as one traced function for any batch size, called on at most DIGITS_PER_CALL digits at a time; pixels
+    scaled as in training (job.models.features)."""
     import tensorflow as tf
 
     if gpu and not tf.config.list_physical_devices("GPU"):
@@ -222,7 +232,12 @@ def _compiled(model: Any, gpu: bool) -> Any:
     call = tf.function(
         lambda x: model(x, training=False), input_signature=[tf.TensorSpec(shape, tf.float32)], autograph=False
     )
-    return lambda digits: call((digits / np.float32(255.0)).reshape((-1, *shape[1:]))).numpy()
+
+    def predict(digits: np.ndarray) -> np.ndarray:
+        chunks = [digits[i : i + DIGITS_PER_CALL] for i in range(0, len(digits), DIGITS_PER_CALL)]
+        return np.concatenate([call((c / np.float32(255.0)).reshape((-1, *shape[1:]))).numpy() for c in chunks])
+
+    return predict
 
 
 def app(args: dict[str, Any]) -> Any:
