@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -261,6 +262,8 @@ def run(config: ServeConfig) -> int:
     from job.evaluate import read_model
 
     read_model(config.model_uri)  # a missing or unreadable model fails here, in one line, before Ray starts
+    if not config.address:
+        _check_port_free(config.host, config.port)
     stop = threading.Event()
     with _ray(config):
         for signum in (signal.SIGINT, signal.SIGTERM):  # after ray.init, whose native SIGTERM handler aborts
@@ -323,8 +326,30 @@ def _haproxy(on: bool) -> Iterator[None]:
             raise ConfigError(f"HAProxy's socket paths under {folder} would be over 107 bytes; set RAY_TMPDIR to a "
                               "shorter folder (Ray's own default is /tmp), or use --no-haproxy")  # fmt: skip
         os.environ.update(HAPROXY_ENV, RAY_SERVE_HAPROXY_SERVER_STATE_BASE=folder)
+        # Serve's fixed 9101 (metrics) and 8404 (stats): a second server on the machine would fail on them.
+        os.environ.update(
+            RAY_SERVE_HAPROXY_METRICS_PORT=str(_free_port()), RAY_SERVE_HAPROXY_STATS_PORT=str(_free_port())
+        )
         os.environ.update({f"RAY_SERVE_HAPROXY_{key}": os.path.join(folder, f) for key, f in HAPROXY_FILES.items()})
         yield
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ConfigError(
+                f"--port {port} on {host} is taken ({err.strerror}): another server runs there; stop it or pick "
+                "another --port"
+            ) from None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _check_resources(config: ServeConfig) -> None:

@@ -295,6 +295,31 @@ def test_requests_latency_and_batch_sizes_reach_rays_metrics(server, sample) -> 
     assert all(expected(text)), (expected(text), text[-2000:])
 
 
+def test_a_second_server_on_the_machine_takes_ports_of_its_own(server, sample_run, sample, tmp_path) -> None:
+    """Serve's HAProxy listens on 9101 (metrics) and 8404 (stats) by default: a second `mnist-train serve` on the
+    machine failed with one opaque line while the first ran. Each now takes free ones."""
+    ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
+    second = Server("--model-uri", str(sample_run.output / "cnn"), ray_tmp=ray_tmp, tmpdir=str(tmp_path))
+    try:
+        second.wait_serving()
+        code, answer = second.post(digits_json(sample.x_test[:2]))
+    finally:
+        stopped = second.stop()
+        remove_ray_tmp(ray_tmp)
+    assert code == 200 and len(answer["predictions"]) == 2 and stopped == 0, second.lines
+    assert server.post(digits_json(sample.x_test[:1]))[0] == 200  # the first one serves on
+
+
+def test_a_port_in_use_fails_at_start_in_one_line(server, sample_run, tmp_path) -> None:
+    out = run_job("serve", "--model-uri", str(sample_run.output / "cnn"), "--port", str(server.port),
+                  env={"TMPDIR": str(tmp_path)})  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr == (
+        f"mnist-train: error: --port {server.port} on 127.0.0.1 is taken (Address already in use): another server "
+        "runs there; stop it or pick another --port\n"
+    )
+
+
 def test_a_replica_killed_under_load_comes_back_and_only_requests_in_flight_fail(server, sample) -> None:
     """Runs last in the module: 8 clients post without pause, 4 one digit and 4 ten digits; one replica is SIGKILLed;
     Serve starts another. A request fails only if it was in flight at the kill or sent in the next second, before
