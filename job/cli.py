@@ -348,8 +348,9 @@ def _train(config: TrainConfig) -> int:
         results = train.run(config, dataset, log)
         status = "succeeded"
         tests = {name: (m["test_loss"], m["test_error"]) for name, m in results["models"].items()}
-    except BaseException:
-        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR {PROG}: run failed\n{traceback.format_exc()}")
+    except BaseException as err:
+        what = "stopped" if isinstance(err, KeyboardInterrupt) else "failed"
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR {PROG}: run {what}\n{traceback.format_exc()}")
         raise
     finally:
         metrics.publish_run_end(config, status, tests, started_at=started, finished_at=time.time(), endpoint=endpoint)

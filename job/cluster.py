@@ -83,7 +83,7 @@ def check_every_node_sees(path: str, what: str) -> None:
         [
             look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(local)
             for n in nodes
-        ]  # fmt: skip
+        ]
     )
     blind = sorted({node["NodeManagerAddress"] for node, ok in zip(nodes, seen, strict=True) if not ok})
     if blind:
