@@ -23,7 +23,7 @@ def test_defaults_are_the_tutorials() -> None:
     assert [(config.recipe(n).epochs, config.recipe(n).batch_size) for n in config.models] == [(10, 200)] * 3
     assert config.seed == 7
     assert config.models == ("mlp", "cnn", "large_cnn") and config.dataset == "mnist"
-    assert config.output == f"artifacts/{config.run_name}"
+    assert config.output == os.path.abspath(f"artifacts/{config.run_name}")  # made absolute once (config.location)
     # Computed defaults: locally, this process (Ray Train's local mode) with every core (measured fastest there);
     # two workers on a cluster.
     assert (config.workers, config.cpus_per_worker) == (0, float(os.cpu_count() or 1)) and config.in_process
