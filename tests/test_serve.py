@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from live_run import alive
 from ray_head import ray_head
 
 from support import ROOT, free_port, remove_ray_tmp, run_job
@@ -295,19 +296,42 @@ def test_requests_latency_and_batch_sizes_reach_rays_metrics(server, sample) -> 
     assert all(expected(text)), (expected(text), text[-2000:])
 
 
-def test_a_second_server_on_the_machine_takes_ports_of_its_own(server, sample_run, sample, tmp_path) -> None:
-    """Serve's HAProxy listens on 9101 (metrics) and 8404 (stats) by default: a second `mnist-train serve` on the
-    machine failed with one opaque line while the first ran. Each now takes free ones."""
+def test_a_second_server_takes_ports_of_its_own_and_sigterm_stops_it_leaving_nothing(
+    server, sample_run, sample, tmp_path
+) -> None:
+    """Serve's HAProxy listens on 9101 (metrics) and 8404 (stats) by default, so a second `mnist-train serve` on the
+    machine failed while the first ran; each now takes free ones. SIGTERM to the second one's process group (as
+    Kubernetes, systemd and CI stop it) is a stop, as Ctrl-C: before, ray.init's handler aborted it with a native
+    stack trace (exit -6) and HAProxy stayed, holding its ports."""
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
     second = Server("--model-uri", str(sample_run.output / "cnn"), ray_tmp=ray_tmp, tmpdir=str(tmp_path))
     try:
         second.wait_serving()
         code, answer = second.post(digits_json(sample.x_test[:2]))
+        group = [p.pid for p in psutil.Process(second.process.pid).children(recursive=True)] + [second.process.pid]
+        assert any("haproxy" in " ".join(_cmdline(pid)) for pid in group), second.lines
+        os.killpg(second.process.pid, signal.SIGTERM)
+        stopped = second.process.wait(60)
+        deadline = time.monotonic() + 20
+        while (left := [pid for pid in group if alive(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
-        stopped = second.stop()
+        if second.process.poll() is None:
+            os.killpg(second.process.pid, signal.SIGKILL)
         remove_ray_tmp(ray_tmp)
-    assert code == 200 and len(answer["predictions"]) == 2 and stopped == 0, second.lines
+    assert code == 200 and len(answer["predictions"]) == 2, second.lines
+    assert stopped == 0 and second.lines[-1] == "stopping", second.lines
+    assert not [line for line in second.lines if re.search(r"Traceback|SIGTERM received|\*\*\* ", line)], second.lines
+    assert not left, f"processes left after SIGTERM: {[_cmdline(pid) for pid in left]}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
     assert server.post(digits_json(sample.x_test[:1]))[0] == 200  # the first one serves on
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return []
 
 
 def test_a_port_in_use_fails_at_start_in_one_line(server, sample_run, tmp_path) -> None:

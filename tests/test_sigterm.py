@@ -1,24 +1,20 @@
 """SIGTERM is a stop, not a crash: Kubernetes, systemd and CI stop a process with it, usually its whole process group.
 `mnist-train train` stops as on Ctrl-C: one line, exit 143, no native stack trace, no process and no temp file left,
 and the same command resumes the run (before: in this process it died by the signal; with a local Ray it aborted,
-exit -6). `mnist-train serve` stops as on Ctrl-C, exit 0, and leaves no process (HAProxy included) and no port."""
+exit -6). For `mnist-train serve`, see tests/test_serve.py (a second server on the machine, stopped by SIGTERM)."""
 
 from __future__ import annotations
 
 import os
-import re
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from live_run import LiveRun, alive, cmdline, descendants
+from live_run import LiveRun, alive, descendants
 
-from support import ROOT, free_port, remove_ray_tmp
+from support import remove_ray_tmp
 
 
 @pytest.mark.parametrize("workers", ["0", "1"], ids=["in-process", "local-ray"])
@@ -49,39 +45,3 @@ def test_sigterm_to_the_process_group_stops_the_run_and_the_same_command_resumes
             )
     finally:
         remove_ray_tmp(ray_tmp)
-
-
-def test_sigterm_to_the_servers_process_group_stops_it_and_leaves_no_process_or_port(sample_run, tmp_path: Path):
-    """HAProxy in front (the default): before, the server aborted with a native stack trace and HAProxy stayed,
-    holding its ports, so the next `mnist-train serve` on the machine failed."""
-    ray_tmp, port = tempfile.mkdtemp(prefix="rs", dir="/tmp"), free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "job", "serve", "--model-uri", str(sample_run.output / "cnn"), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True,
-        env={**os.environ, "RAY_TMPDIR": ray_tmp, "TMPDIR": str(tmp_path)},
-    )  # fmt: skip
-    try:
-        lines = []
-        for line in server.stdout:
-            lines.append(line.rstrip("\n"))
-            if line.startswith("serving "):
-                break
-        group = [server.pid, *descendants(server.pid)]
-        assert any("haproxy" in cmdline(pid) for pid in group), lines
-        os.killpg(server.pid, signal.SIGTERM)
-        lines += server.stdout.read().splitlines()
-        code = server.wait(timeout=60)
-        deadline = time.monotonic() + 20
-        while (left := [f"{pid} {cmdline(pid)}" for pid in group if alive(pid)]) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-        server.stdout.close()
-        remove_ray_tmp(ray_tmp)
-    assert code == 0 and lines[-1] == "stopping", lines
-    assert not [line for line in lines if re.search(r"Traceback|SIGTERM received|\*\*\* ", line)], lines
-    assert not left, f"processes left after SIGTERM: {left}"
-    with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the HTTP port is still held"
-    assert sorted(tmp_path.iterdir()) == []
