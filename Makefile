@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup train test test-fast test-deps lint bench bench-mnist clean
+.PHONY: setup train test test-fast test-deps lint bench bench-mnist clean image-check
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,11 @@ bench: setup
 bench-mnist: setup
 	@test -n "$(DATA_URI)" || { echo "make bench-mnist: set DATA_URI to full MNIST (a folder of the four IDX .gz files or mnist.npz)"; exit 2; }
 	$(PY) bench/mnist_full.py --data-uri $(DATA_URI) $(ARGS)
+
+# The image, for real, without a cluster (root, podman, buildah, debootstrap; about an hour on 2 cores):
+#   make image-check [FLAVOURS=cpu] [DATA_URI=/data/mnist]   (docs/kubernetes.md)
+image-check: setup test-deps
+	FLAVOURS="$(FLAVOURS)" DATA_URI="$(DATA_URI)" tools/image/check.sh
 
 clean:
 	rm -rf $(VENV) .venv-s3 artifacts bench-mnist .pytest_cache
