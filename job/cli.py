@@ -326,13 +326,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as err:  # the run failed for good: one clear line, no results.json
+        if sigterm_received():  # Ray's processes got it too (a process group), and their end raised here first
+            return _stopped(config)
         print(f"{PROG}: error: run failed: {redact(root_cause(err))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (errors.Stopped), after every clean-up on the way out
-        how = ("SIGTERM", signal.SIGTERM) if sigterm_received() else ("interrupted", signal.SIGINT)
-        again = "; the same command resumes the run" if isinstance(config, TrainConfig) else ""
-        print(f"{PROG}: stopped ({how[0]}){again}", file=sys.stderr)
-        return 128 + how[1]
+        return _stopped(config)
+
+
+def _stopped(config: TrainConfig | EvaluateConfig | ServeConfig) -> int:
+    how, signum = ("SIGTERM", signal.SIGTERM) if sigterm_received() else ("interrupted", signal.SIGINT)
+    again = "; the same command resumes the run" if isinstance(config, TrainConfig) else ""
+    print(f"{PROG}: stopped ({how}){again}", file=sys.stderr)
+    return 128 + signum
 
 
 def _train(config: TrainConfig) -> int:

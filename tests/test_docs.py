@@ -85,7 +85,7 @@ def test_the_pages_commands_run(page: Path, tmp_path: Path) -> None:
             (tmp_path / entry.name).symlink_to(entry)
     (tmp_path / "tmp").mkdir()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")},  # `make test ARGS=`
         **FAST_ENV,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "TMPDIR": str(tmp_path / "tmp"),
