@@ -51,6 +51,8 @@ NOT_HERE = {
     "tests/metrics starts them on free ports with this config",
     r"python -m job\.dashboard --output .*": "rewrites the committed dashboard; tests/metrics/test_dashboard.py "
     "checks the committed file is this command's output",
+    r"make image-check.*": "builds images: minutes to an hour, needs podman, buildah and debootstrap as root; "
+    "tests/k8s tests its pure parts (rendered pod -> container arguments, the install pins)",
 }
 
 
