@@ -264,12 +264,13 @@ def check_cluster(s: Session, args: argparse.Namespace) -> dict[str, Any]:
     # The chart's defaults but for the image, the storage and the data. gpu.enabled is off too: the defaults ask for
     # a GPU per worker and the job refuses to train on CPU with --gpu (no GPU here).
     extra: dict[str, Any] = {"train": {"outputBase": f"s3://{BUCKET}/runs", "dataset": "mnist-sample"}}
-    if args.data_uri:
-        volume = {"name": "mnist", "persistentVolumeClaim": {"claimName": "mnist"}}
-        mount = {"name": "mnist", "mountPath": "/data/mnist", "readOnly": True}
-        extra["pods"] = {"extraVolumes": [volume], "extraVolumeMounts": [mount]}
-        extra["train"] = {"outputBase": f"s3://{BUCKET}/runs", "dataUri": "/data/mnist"}
-        host_paths["mnist"] = str(Path(args.data_uri).resolve())
+    if args.data_uri:  # the chart takes data from object storage only (s3://, gs://): copy it into the bucket
+        fs = s.filesystem()
+        for path in sorted(Path(args.data_uri).iterdir()):
+            if path.is_file():
+                with fs.open_output_stream(f"{BUCKET}/data/mnist/{path.name}", compression=None) as out:
+                    out.write(path.read_bytes())
+        extra["train"] = {"outputBase": f"s3://{BUCKET}/runs", "dataUri": f"s3://{BUCKET}/data/mnist"}
     overrides = {key: yaml.safe_load(value) for key, value in (a.split("=", 1) for a in args.cluster_set)}
     extra["train"] |= {"runName": f"cluster-{secrets.token_hex(3)}", **overrides}
     rayjob = render(chart_values(s.image, endpoint, extra))
@@ -332,6 +333,7 @@ def check_cluster(s: Session, args: argparse.Namespace) -> dict[str, Any]:
     report["train_workers_on"] = placement
     killed = placement[0] if placement else workers[0][0]
     podman("kill", "--signal", "KILL", killed)
+    prometheus.remove(killed)
     report["killed"] = {"pod": killed, "after_s": round(time.monotonic() - start, 1)}
     log(f"cluster: SIGKILLed {killed} after the first checkpoint; KubeRay would create a new worker pod")
     replacement, replacement_params = start_pod(worker_group, False)
@@ -418,7 +420,7 @@ class Prometheus:
     def __init__(self, s: Session, ports: list[int], containers: list[str]) -> None:
         self.s, self.ports, self.dir = s, ports, Path(tempfile.mkdtemp(prefix="mnist-check-prom-"))
         self.targets = self.dir / "targets.json"
-        self.containers = list(containers)
+        self.addresses = {container: s.address(container) for container in containers}
         self._write()
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -433,11 +435,16 @@ class Prometheus:
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
     def _write(self) -> None:
-        targets = [f"{self.s.address(c)}:{p}" for c in self.containers for p in self.ports]
+        targets = [f"{address}:{port}" for address in self.addresses.values() for port in self.ports]
         self.targets.write_text(json.dumps([{"targets": targets}]))
 
     def add(self, container: str) -> None:
-        self.containers.append(container)
+        self.addresses[container] = self.s.address(container)
+        self._write()
+
+    def remove(self, container: str) -> None:
+        """A deleted pod leaves the PodMonitor's targets."""
+        self.addresses.pop(container, None)
         self._write()
 
     def query(self, promql: str) -> list[dict[str, Any]]:
@@ -445,11 +452,16 @@ class Prometheus:
         return json.loads(urllib.request.urlopen(url, timeout=10).read())["data"]["result"]
 
     def query_epochs(self, run: str) -> dict[str, Any]:
-        names = sorted({r["metric"]["__name__"] for r in self.query('{__name__=~"mnist_train_.+"}')})
-        epochs = self.query(f'max by (model) (max_over_time(mnist_train_epoch{{run="{run}"}}[1h]))')
-        ray_up = self.query("count(up == 1)")
-        return {"series": names, "max_epoch_by_model": {r["metric"].get("model"): r["value"][1] for r in epochs},
-                "targets_up": ray_up[0]["value"][1] if ray_up else "0"}  # fmt: skip
+        """What the scrapes kept: the mnist_train_* series, the epochs completed and the per-epoch durations seen per
+        model (range queries: the workers' endpoints are gone once the run ends)."""
+        names = self.query('count by (__name__) (last_over_time({__name__=~"mnist_train_.+"}[1h]))')
+        done = self.query("max by (model) (max_over_time(mnist_train_epochs_completed[1h]))")
+        durations = self.query("count by (model) (last_over_time(mnist_train_epoch_duration_seconds[1h]))")
+        up = self.query("count by (instance) (max_over_time(up[1h]) == 1)")
+        return {"series": sorted(r["metric"]["__name__"] for r in names),
+                "epochs_completed": {r["metric"].get("model"): r["value"][1] for r in done},
+                "epoch_durations_seen": {r["metric"].get("model"): r["value"][1] for r in durations},
+                "targets_ever_up": sorted(r["metric"]["instance"] for r in up)}  # fmt: skip
 
     def stop(self) -> None:
         self.process.terminate()
