@@ -24,6 +24,7 @@ test: setup test-deps
 
 # Everything that needs no training run and no server: config, data, models, ledger, augmentation, chart, kind flow.
 FAST := tests/test_cli.py tests/test_data.py tests/test_models.py tests/test_ledger.py tests/test_augment.py \
+	tests/test_repo.py tests/test_private_apis.py tests/test_bench.py tests/test_serve_calls.py \
 	tests/chart tests/k8s tests/metrics/test_dashboard.py tests/metrics/test_local_prometheus.py
 test-fast: setup
 	$(PY) -m pytest $(FAST) $(ARGS)
@@ -41,7 +42,7 @@ bench-mnist: setup
 	@test -n "$(DATA_URI)" || { echo "make bench-mnist: set DATA_URI to full MNIST (a folder of the four IDX .gz files or mnist.npz)"; exit 2; }
 	$(PY) bench/mnist_full.py --data-uri $(DATA_URI) $(ARGS)
 
-# The image, for real, without a cluster (root, podman, buildah, debootstrap; about an hour on 2 cores):
+# The image, for real, without a cluster (root, podman, buildah, debootstrap; about half an hour on 2 cores):
 #   make image-check [FLAVOURS=cpu] [DATA_URI=/data/mnist]   (docs/kubernetes.md)
 image-check: setup test-deps
 	FLAVOURS="$(FLAVOURS)" DATA_URI="$(DATA_URI)" tools/image/check.sh
