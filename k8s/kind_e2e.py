@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from e2e.checks import check_metrics, check_results
 from e2e.cluster import create_cluster, delete_cluster, install_kuberay
-from e2e.commands import E2EError, connect, one_line, require, sh, up_hint
+from e2e.commands import E2EError, connect, engine, one_line, require, sh, up_hint
 from e2e.images import build_and_load_image
 from e2e.runs import install_argv, new_run_name, uninstall_argv, wait_for_training
 from e2e.services import deploy_services, require_store
@@ -41,7 +41,7 @@ def namespace_arg(value: str) -> str:
 
 
 def up(namespace: str = NAMESPACE) -> None:
-    require("docker", "kind", "helm", "kubectl")
+    require(engine(), "kind", "helm", "kubectl")
     create_cluster()
     connect(f"the kind cluster exists; add its context with `kind export kubeconfig --name {CLUSTER}`")
     install_kuberay()

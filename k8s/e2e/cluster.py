@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from e2e.commands import helm_argv, require, sh
+from e2e.commands import engine, helm_argv, require, sh
 from e2e.settings import CLUSTER, KIND_CONFIG, KUBERAY_NAMESPACE, KUBERAY_REPO, KUBERAY_VERSION
 
 
 def create_cluster() -> None:
-    require("docker", "kind")
-    if CLUSTER in sh("kind", "get", "clusters", capture=True, hint="is Docker running?").split():
+    require(engine(), "kind")
+    if CLUSTER in sh("kind", "get", "clusters", capture=True, hint=f"is {engine()} running?").split():
         print(f"kind cluster {CLUSTER} exists")
         return
     sh(

@@ -17,11 +17,18 @@ from e2e.settings import CONTEXT, NAMESPACE
 
 INSTALL_HINTS = {
     "docker": "https://docs.docker.com/engine/install/",
+    "podman": "https://podman.io/docs/installation (kind's podman provider: KIND_EXPERIMENTAL_PROVIDER=podman)",
     "kind": "https://kind.sigs.k8s.io/docs/user/quick-start/#installation",
     "helm": "https://helm.sh/docs/intro/install/",
     "kubectl": "https://kubernetes.io/docs/tasks/tools/",
 }
 UP_FIRST = "run `python k8s/kind_e2e.py up` first"
+
+
+def engine() -> str:
+    """The container engine kind runs its nodes on: podman with kind's KIND_EXPERIMENTAL_PROVIDER=podman, else
+    Docker. The same engine builds the image."""
+    return "podman" if os.environ.get("KIND_EXPERIMENTAL_PROVIDER", "").lower() == "podman" else "docker"
 
 
 class E2EError(RuntimeError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from e2e.commands import E2EError, require, sh
+from e2e.commands import E2EError, engine, require, sh
 from e2e.settings import CLUSTER, CPU_BASE_IMAGE, IMAGE, REPO
 
 # A machine architecture (`platform.machine()`'s or Docker's name) -> Docker's platform, Ray's image tag suffix.
@@ -43,21 +43,29 @@ def api_at_least(version: str, minimum: tuple[int, int]) -> bool:
     return (major, minor) >= minimum
 
 
-def image_commands(arch: str, api_version: str, archive: Path) -> list[list[str]]:
+def image_commands(arch: str, api_version: str, archive: Path, tool: str = "docker") -> list[list[str]]:
     """Build the CPU image for `arch` and load it into the kind nodes through an image archive.
 
     `kind load docker-image` fails under Docker's containerd image store (kubernetes-sigs/kind#3795): the archive
     it saves has an index naming content it lacks (other platforms, build attestations), which the nodes' containerd
     refuses. kind's documented way round: save one platform (`--platform`, Docker API 1.48+; older Dockers, on the
     classic store, save just the one anyway) and load that with `kind load image-archive`.
+
+    With podman (`tool`), the image is tagged with its full name: podman names a bare `mnist-train:...`
+    `localhost/mnist-train:...`, which the nodes' containerd would not match with the chart's `mnist-train:...`
+    (docker.io/library/mnist-train:...). `podman save` writes one platform.
     """
     platform = docker_platform(arch)
-    build = ["docker", "build", "--platform", platform, "--tag", IMAGE]
+    name = IMAGE if tool == "docker" else f"docker.io/library/{IMAGE}"
+    build = [tool, "build", "--platform", platform, "--tag", name]
     build += ["--build-arg", f"BASE_IMAGE={base_image(arch)}", "--build-arg", "EXTRAS=", str(REPO)]
-    save = ["docker", "save", "--output", str(archive)]
-    if api_at_least(api_version, (1, 48)):
-        save += ["--platform", platform]
-    return [build, [*save, IMAGE], ["kind", "load", "image-archive", str(archive), "--name", CLUSTER]]
+    if tool == "docker":
+        save = ["docker", "save", "--output", str(archive)]
+        if api_at_least(api_version, (1, 48)):
+            save += ["--platform", platform]
+    else:
+        save = [tool, "save", "--format", "docker-archive", "--output", str(archive)]
+    return [build, [*save, name], ["kind", "load", "image-archive", str(archive), "--name", CLUSTER]]
 
 
 def docker_server() -> tuple[str, str]:
@@ -68,12 +76,18 @@ def docker_server() -> tuple[str, str]:
     return arch, api_version
 
 
+def podman_arch() -> str:
+    """The architecture podman builds for (amd64, arm64)."""
+    return sh("podman", "info", "--format", "{{.Host.Arch}}", capture=True, hint="is podman installed?").strip()
+
+
 def build_and_load_image() -> None:
-    require("docker", "kind")
-    arch, api_version = docker_server()
+    tool = engine()
+    require(tool, "kind")
+    arch, api_version = docker_server() if tool == "docker" else (podman_arch(), "")
     # The archive (a few GB) lives in a temporary directory that goes away whatever happens.
     with tempfile.TemporaryDirectory(prefix="mnist-train-image-") as tmp:
-        build, save, load = image_commands(arch, api_version, Path(tmp) / "image.tar")
+        build, save, load = image_commands(arch, api_version, Path(tmp) / "image.tar", tool)
         sh(*build, hint="the build output above says which step failed")
         sh(*save, capture=True, hint=f"is there room for the image in {tempfile.gettempdir()}? else set TMPDIR")
         sh(*load, capture=True, hint=f"is the kind cluster {CLUSTER} up? `kind get clusters`")

@@ -326,6 +326,24 @@ def test_image_goes_through_a_single_platform_archive(tmp_path: Path, api: str, 
     assert load == ["kind", "load", "image-archive", str(archive), "--name", "mnist-train"]
 
 
+def test_podman_builds_and_saves_the_image_under_the_name_the_nodes_match(tmp_path: Path) -> None:
+    """kind's podman provider (KIND_EXPERIMENTAL_PROVIDER=podman): podman builds; the image is tagged
+    docker.io/library/<IMAGE> because podman would name it localhost/<IMAGE>, which the chart's IMAGE does not match."""
+    archive = tmp_path / "image.tar"
+    build, save, load = images.image_commands("x86_64", "", archive, "podman")
+    name = f"docker.io/library/{settings.IMAGE}"
+    assert build[:6] == ["podman", "build", "--platform", "linux/amd64", "--tag", name]
+    assert save == ["podman", "save", "--format", "docker-archive", "--output", str(archive), name]
+    assert load == ["kind", "load", "image-archive", str(archive), "--name", "mnist-train"]
+
+
+@pytest.mark.parametrize(("provider", "tool"), [("podman", "podman"), ("PODMAN", "podman"), ("", "docker"),
+                                                ("docker", "docker")])  # fmt: skip
+def test_the_engine_follows_kinds_provider(monkeypatch, provider: str, tool: str) -> None:
+    monkeypatch.setenv("KIND_EXPERIMENTAL_PROVIDER", provider)
+    assert commands.engine() == tool
+
+
 def test_namespace_must_be_a_namespace_name(capsys) -> None:
     with pytest.raises(SystemExit) as caught:
         kind_e2e.main(["run", "--namespace", "Not_A_Namespace"])
