@@ -83,6 +83,7 @@ class Session:
         self.network = self.prefix
         self.containers: list[str] = []
         self.moto: subprocess.Popen | None = None
+        self.servers: list[Any] = []  # anything else with a stop(), e.g. Prometheus
         podman("network", "create", self.network)
         try:
             # The bridge (and the gateway address on the host) appears with the first container on the network.
@@ -133,6 +134,8 @@ class Session:
         for name in reversed(self.containers):
             podman("rm", "--force", "--time=5", name, check=False, timeout=60)
         podman("network", "rm", "--force", self.network, check=False)
+        for server in self.servers:
+            server.stop()
         if self.moto is not None:
             self.moto.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -359,7 +362,6 @@ def check_cluster(s: Session, args: argparse.Namespace) -> dict[str, Any]:
                             "results": f"{output}/results.json" in keys,
                             "checkpoints": sum("/checkpoints/" in k for k in keys)}  # fmt: skip
     report["prometheus"] = prometheus.query_epochs(extra["train"]["runName"])
-    prometheus.stop()
     log(f"cluster: {json.dumps(report)}")
     if code != 0 or results["status"] != "succeeded" or results["workers"] != 2:
         raise SystemExit(f"cluster: the run did not end complete with 2 workers (submitter exit {code})")
@@ -475,7 +477,9 @@ class Prometheus:
 def _start_prometheus(s: Session, containers: list[str], spec: dict[str, Any]) -> Prometheus:
     worker = spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     ports = [int(p["containerPort"]) for p in worker.get("ports", [])]
-    return Prometheus(s, ports, containers)
+    prometheus = Prometheus(s, ports, containers)
+    s.servers.append(prometheus)
+    return prometheus
 
 
 def _post(url: str, body: bytes, content_type: str) -> tuple[int, bytes]:
