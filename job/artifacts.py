@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -206,6 +207,9 @@ def _results(config: TrainConfig, dataset: Dataset, models: dict, started: float
 
 
 def git_sha() -> str | None:
+    """The commit the job was built from: the image's (its GIT_SHA build argument, which has no .git), else git's."""
+    if os.environ.get("MNIST_TRAIN_GIT_SHA"):
+        return os.environ["MNIST_TRAIN_GIT_SHA"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent

@@ -54,3 +54,9 @@ def test_cli_refuses_to_resume_with_other_epochs_before_starting_ray(tmp_path) -
     assert out.returncode == 2
     assert "run r1 at" in out.stderr and "(epochs 4 -> 2); rerun with the same settings" in out.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+def test_the_git_sha_is_the_images_build_argument_where_there_is_no_git(monkeypatch) -> None:
+    assert artifacts.git_sha() and len(artifacts.git_sha()) == 40  # this checkout's
+    monkeypatch.setenv("MNIST_TRAIN_GIT_SHA", "0123abc")  # the Dockerfile's ENV from --build-arg GIT_SHA
+    assert artifacts.git_sha() == "0123abc"
