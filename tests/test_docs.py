@@ -21,6 +21,8 @@ from support import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FAST_ENV = {"MNIST_TRAIN_DATASET": "mnist-sample", "MNIST_TRAIN_EPOCHS": "1"}
+# What `make test ARGS=...` puts in its recipes' environment: a page's own `make train` must not see it.
+OUTER_MAKE = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS", "VENV")
 
 # Commands that run here, exactly as shown.
 RUNS = {
@@ -82,12 +84,17 @@ def test_every_command_in_the_docs_runs_here_or_says_why_not() -> None:
 
 @pytest.mark.parametrize("page", [p for p in PAGES if RUNS & set(shell_commands(p))], ids=lambda p: p.name)
 def test_the_pages_commands_run(page: Path, tmp_path: Path) -> None:
+    # A page's `make train` would reinstall a stale .venv from this test's folder, and point its scripts there.
+    if subprocess.run(
+        ["make", "-q", "setup"], cwd=ROOT, env={k: v for k, v in os.environ.items() if k not in OUTER_MAKE}
+    ).returncode:
+        pytest.fail(".venv is older than pyproject.toml, constraints.txt or tools/install.sh: run `make setup` first")
     for entry in ROOT.iterdir():
         if entry.name not in {".git", "artifacts"}:
             (tmp_path / entry.name).symlink_to(entry)
     (tmp_path / "tmp").mkdir()
     env = {
-        **{k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")},  # `make test ARGS=`
+        **{k: v for k, v in os.environ.items() if k not in OUTER_MAKE},
         **FAST_ENV,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "TMPDIR": str(tmp_path / "tmp"),
