@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import re
@@ -69,7 +70,7 @@ def scrape_until_exit(run: LiveRun, ports: list[int]) -> str:
         for port in ports:
             try:
                 page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-            except OSError:
+            except (OSError, http.client.HTTPException):  # not up yet, or a Ray process that took the port first
                 page = ""
             last = page if "mnist_train_epoch_loss{" in page and 'rank="0"' in page else last
         time.sleep(0.1)
