@@ -48,13 +48,18 @@ def ray_head(*extra: str, num_cpus: int = 2) -> Iterator[RayHead]:
         _wait_until_jobs_api_answers(url, env, head)
         yield RayHead(f"127.0.0.1:{port}", url, env)
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=30)
+        stop_node(head)
         remove_ray_tmp(tmp)
+
+
+def stop_node(node: subprocess.Popen) -> None:
+    """Stop a `ray start --block` started in its own session: SIGTERM to its process group, SIGKILL after a grace."""
+    os.killpg(node.pid, signal.SIGTERM)
+    try:
+        node.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(node.pid, signal.SIGKILL)
+        node.wait(timeout=30)
 
 
 def _wait_until_jobs_api_answers(address: str, env: dict, head: subprocess.Popen) -> None:

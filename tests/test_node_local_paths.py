@@ -5,17 +5,15 @@ as a node of a real cluster sees the driver's local disk. Paths every node sees 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ray_head import STOP_GRACE_S, RayHead, ray_head
+from ray_head import RayHead, ray_head, stop_node
 
 from support import free_port, run_job
 
@@ -37,12 +35,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RayHead,
             _wait_for_nodes(head, 2)
             yield head, hidden
         finally:
-            os.killpg(node.pid, signal.SIGTERM)
-            try:
-                node.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(node.pid, signal.SIGKILL)
-                node.wait(timeout=30)
+            stop_node(node)
 
 
 def _wait_for_nodes(head: RayHead, count: int, timeout: float = 90) -> None:
