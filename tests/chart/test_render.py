@@ -73,7 +73,7 @@ CASES: dict[str, dict[str, Any]] = {
             "epochs": 3,
             "batchSize": 96,
             "workers": 3,
-            "cpusPerWorker": 0.5,
+            "cpusPerWorker": 1.5,
             "dataset": "fashion_mnist",
             "seed": 11,
             "ensemble": 3,
@@ -114,6 +114,12 @@ def pod_specs(objects: list[Manifest]) -> dict[str, dict[str, Any]]:
     return specs
 
 
+def pod_cpus(resources: dict[str, Any]) -> float:
+    """A worker pod's CPUs (limits, else requests) as Kubernetes reads the quantity."""
+    quantity = str(resources.get("limits", {}).get("cpu") or resources.get("requests", {}).get("cpu") or "1")
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
 def expected_config(values: dict[str, Any]) -> TrainConfig:
     t = values["train"]
     run_name = t["runName"] or RELEASE
@@ -123,7 +129,7 @@ def expected_config(values: dict[str, Any]) -> TrainConfig:
         batch_size=t["batchSize"],
         workers=t["workers"],
         gpu=values["gpu"]["enabled"],
-        cpus_per_worker=float(t["cpusPerWorker"]),
+        cpus_per_worker=float(t.get("cpusPerWorker") or pod_cpus(values["worker"]["resources"])),
         dataset=t["dataset"],
         data_uri=t["dataUri"] or None,
         output=f"{t['outputBase'].rstrip('/')}/{run_name}",
@@ -475,6 +481,14 @@ def test_notes_tell_how_to_watch_and_where_results_land(chart: helm_python.Chart
             "collides with Ray's own metrics port",
         ),
         ({"head": {"shmSize": "128Mi"}}, "head.shmSize 128Mi leaves Ray's object store under its 128Mi minimum"),
+        (
+            {"train": {"cpusPerWorker": 1}},
+            r"train.cpusPerWorker 1 would let two workers share a worker pod of 2 CPUs .* leave it empty",
+        ),
+        (
+            {"train": {"cpusPerWorker": 4}, "worker": {"resources": {"limits": {"cpu": "3500m"}}}},
+            r"train.cpusPerWorker 4 is more than a worker pod's 3500m CPUs",
+        ),
     ],
 )
 def test_cross_field_mistakes_fail_the_render(render, values: dict[str, Any], message: str) -> None:

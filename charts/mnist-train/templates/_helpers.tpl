@@ -65,6 +65,26 @@ app.kubernetes.io/part-of: mnist-train
 {{- index .Chart.Annotations "ray.io/version" }}
 {{- end }}
 
+{{/* A CPU quantity such as 2, "1.5" or 1500m in millicores. */}}
+{{- define "mnist-train.milliCPU" -}}
+{{- $q := toString . }}
+{{- if hasSuffix "m" $q }}{{ trimSuffix "m" $q | int64 }}{{ else }}{{ mulf (float64 $q) 1000 | int64 }}{{ end }}
+{{- end }}
+
+{{/* A worker pod's CPUs as written in worker.resources (limits, else requests); empty if neither says. */}}
+{{- define "mnist-train.workerPodCPU" -}}
+{{- $r := .Values.worker.resources }}
+{{- (($r.limits | default dict).cpu | default (($r.requests | default dict).cpu)) | default "" }}
+{{- end }}
+
+{{/* --cpus-per-worker: train.cpusPerWorker, else a worker pod's CPUs (one worker a pod), else 1. */}}
+{{- define "mnist-train.cpusPerWorker" -}}
+{{- $pod := include "mnist-train.workerPodCPU" . }}
+{{- if not (kindIs "invalid" .Values.train.cpusPerWorker) }}{{ .Values.train.cpusPerWorker }}
+{{- else if $pod }}{{ divf (int64 (include "mnist-train.milliCPU" $pod)) 1000 }}
+{{- else }}1{{ end }}
+{{- end }}
+
 {{/* Ray's object store in bytes for a /dev/shm size such as 512Mi or 2Gi: 70% of it. */}}
 {{- define "mnist-train.objectStoreBytes" -}}
 {{- $number := regexFind "^[0-9]+" . }}
@@ -86,6 +106,17 @@ Checks that span several values, which values.schema.json cannot express. Each f
 {{- if eq (int $t.metricsPort) (int .Values.metrics.rayPort) }}
 {{- fail (printf "train.metricsPort %d collides with Ray's own metrics port (metrics.rayPort); pick another, e.g. 9400" (int $t.metricsPort)) }}
 {{- end }}
+{{- $pod := include "mnist-train.workerPodCPU" . }}
+{{- if and $pod (not (kindIs "invalid" $t.cpusPerWorker)) }}
+{{- $podMilli := int64 (include "mnist-train.milliCPU" $pod) }}
+{{- $workerMilli := int64 (mulf $t.cpusPerWorker 1000) }}
+{{- if gt $workerMilli $podMilli }}
+{{- fail (printf "train.cpusPerWorker %v is more than a worker pod's %v CPUs (worker.resources); no pod could hold a worker: lower it or raise the pod's" $t.cpusPerWorker $pod) }}
+{{- end }}
+{{- if le (mul $workerMilli 2) $podMilli }}
+{{- fail (printf "train.cpusPerWorker %v would let two workers share a worker pod of %v CPUs (Ray packs them, one pod idles); leave it empty (the pod's CPUs) or set it above half of them" $t.cpusPerWorker $pod) }}
+{{- end }}
+{{- end }}
 {{- range $group := list "head" "worker" }}
 {{- if lt (int64 (include "mnist-train.objectStoreBytes" (index $.Values $group).shmSize)) 134217728 }}
 {{- fail (printf "%s.shmSize %s leaves Ray's object store under its 128Mi minimum; use at least 192Mi" $group (index $.Values $group).shmSize) }}
@@ -102,7 +133,7 @@ line gives back exactly these values (a chart test checks it).
 {{- $args := list "python" "-m" "job" "train" }}
 {{- $args = concat $args (list "--models" (join "," $t.models)) }}
 {{- $args = concat $args (list "--epochs" (toString (int $t.epochs)) "--batch-size" (toString (int $t.batchSize))) }}
-{{- $args = concat $args (list "--workers" (toString (int $t.workers)) "--cpus-per-worker" (toString $t.cpusPerWorker)) }}
+{{- $args = concat $args (list "--workers" (toString (int $t.workers)) "--cpus-per-worker" (include "mnist-train.cpusPerWorker" .)) }}
 {{- $args = append $args (ternary "--gpu" "--no-gpu" .Values.gpu.enabled) }}
 {{- $args = concat $args (list "--dataset" $t.dataset) }}
 {{- if $t.dataUri }}
