@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -39,13 +40,18 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+# Between Ray's worker ports (10002-19999) and the kernel's ephemeral ports (32768-60999), where Ray's other processes
+# and every port-0 server land: a job's /metrics ports here are not taken by a Ray process while its run starts.
+QUIET_PORTS = range(20000, 32000)
+
+
 def free_port_range(count: int) -> int:
-    """A base port P such that P..P+count-1 are all free right now (P found by binding port 0)."""
-    for _ in range(50):
-        base = free_port()
-        if base + count <= 65535 and all(port_is_free(base + i) for i in range(count)):
+    """A base port P such that P..P+count-1 are all free right now, in QUIET_PORTS."""
+    for _ in range(200):
+        base = random.randrange(QUIET_PORTS.start, QUIET_PORTS.stop - count)
+        if all(port_is_free(base + i) for i in range(count)):
             return base
-    raise RuntimeError(f"found no {count} consecutive free ports")
+    raise RuntimeError(f"found no {count} consecutive free ports in {QUIET_PORTS}")
 
 
 def http_get(url: str, timeout: float = 5.0) -> bytes:

@@ -43,7 +43,8 @@ def _wait_for_nodes(head: RayHead, count: int, timeout: float = 90) -> None:
     while time.monotonic() < deadline:
         listed = subprocess.run(["ray", "list", "nodes", "--address", head.dashboard, "--format", "json",
                                  "--filter", "state=ALIVE"], env=head.env, capture_output=True, text=True)  # fmt: skip
-        if listed.returncode == 0 and len(json.loads(listed.stdout)) >= count:
+        # Before the first node registers, `ray list` answers "No resource in the cluster", not JSON.
+        if listed.returncode == 0 and listed.stdout.startswith("[") and len(json.loads(listed.stdout)) >= count:
             return
         time.sleep(1)
     raise TimeoutError(f"fewer than {count} Ray nodes alive after {timeout:.0f} s")

@@ -69,7 +69,7 @@ def scrape_until_exit(run: LiveRun, ports: list[int]) -> str:
     while run.process.poll() is None:
         for port in ports:
             try:
-                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
             except (OSError, http.client.HTTPException):  # not up yet, or a Ray process that took the port first
                 page = ""
             last = page if "mnist_train_epoch_loss{" in page and 'rank="0"' in page else last
