@@ -83,6 +83,7 @@ def merged(overrides: dict[str, Any]) -> dict[str, Any]:
             return {key: drop_nulls(value) for key, value in node.items() if value is not None}
         return node
 
+    values["mnist-common"] = {"global": {}}  # Helm's place for the library chart's values (it has none)
     return drop_nulls(merge(copy.deepcopy(values), overrides))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -115,9 +116,9 @@ def pod_specs(objects: list[Manifest]) -> dict[str, dict[str, Any]]:
 
 
 def pod_cpus(resources: dict[str, Any]) -> float:
-    """A worker pod's CPUs (limits, else requests) as Kubernetes reads the quantity."""
-    quantity = str(resources.get("limits", {}).get("cpu") or resources.get("requests", {}).get("cpu") or "1")
-    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+    """The CPUs Ray sees on a worker pod, by KubeRay's rule: the CPU limit, else the request, rounded up."""
+    quantity = str(resources.get("limits", {}).get("cpu") or resources["requests"]["cpu"])
+    return math.ceil(int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity))
 
 
 def expected_config(values: dict[str, Any]) -> TrainConfig:
@@ -486,8 +487,8 @@ def test_notes_tell_how_to_watch_and_where_results_land(chart: helm_python.Chart
             r"train.cpusPerWorker 1 would let two workers share a worker pod of 2 CPUs .* leave it empty",
         ),
         (
-            {"train": {"cpusPerWorker": 4}, "worker": {"resources": {"limits": {"cpu": "3500m"}}}},
-            r"train.cpusPerWorker 4 is more than a worker pod's 3500m CPUs",
+            {"train": {"cpusPerWorker": 4.5}, "worker": {"resources": {"limits": {"cpu": "3500m"}}}},
+            r"train.cpusPerWorker 4.5 is more than the 4 CPUs Ray sees on a worker pod",
         ),
     ],
 )

@@ -348,6 +348,27 @@ def test_ray_pods_are_the_training_charts(chart: helm_python.Chart, render_serve
     assert env["GOOGLE_APPLICATION_CREDENTIALS"]["value"] == "/var/run/secrets/mnist-train/gcs/key.json"
 
 
+def test_the_charts_share_their_helpers_once() -> None:
+    """The helpers both charts use are the library chart's; each chart holds it as a link, not a copy, and defines
+    only its own helpers under its own name."""
+    library = REPO / "charts" / "mnist-common"
+    assert yaml.safe_load((library / "Chart.yaml").read_text())["type"] == "library"
+    bodies: dict[str, list[str]] = {}  # a helper's text, its chart's name taken out -> where it is defined
+    for chart in ("mnist-common", "mnist-train", "mnist-serve"):
+        folder = REPO / "charts" / chart
+        if chart != "mnist-common":
+            held = folder / "charts" / "mnist-common"
+            assert held.is_symlink() and held.resolve() == library, f"{chart} must link charts/mnist-common"
+            dependency = yaml.safe_load((folder / "Chart.yaml").read_text())["dependencies"]
+            assert dependency == [{"name": "mnist-common", "version": "0.1.0", "repository": "file://../mnist-common"}]
+        text = (folder / "templates" / "_helpers.tpl").read_text()
+        for name, body in re.findall(r'define "([^"]+)" -}}(.*?)\n{{- end }}\n', text, flags=re.S):
+            assert name.startswith(chart + "."), f"{name} is defined in {chart}"
+            bodies.setdefault(body.replace(chart + ".", ""), []).append(name)
+    assert [names for names in bodies.values() if len(names) > 1] == []
+    assert len(bodies) > 30
+
+
 def test_credentials_come_only_from_the_existing_secret(rendered) -> None:
     for role, group in groups(the(rendered["existing-secret"], "RayService")).items():
         env = {item["name"]: item for item in container(group)["env"]}
