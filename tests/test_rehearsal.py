@@ -197,9 +197,15 @@ def test_the_rendered_rayjob_runs_on_three_ray_nodes_and_survives_losing_a_worke
     keys = moto.keys(PREFIX)
     assert f"{PREFIX}/mlp/model.keras" in keys and any("/checkpoints/" in key for key in keys)
 
-    nodes = json.loads(ray(env, "list", "nodes", "--address", url, "--format", "json", "--detail", "--limit", "100"))
+    listing = ["list", "nodes", "--address", url, "--format", "json", "--detail", "--limit", "100"]
+    deadline = time.monotonic() + 90  # the GCS marks a node dead after its health checks fail, which may be after
+    while True:  # a short run has finished
+        nodes = json.loads(ray(env, *listing))
+        lost = [n["node_id"] for n in nodes if n["state"] == "DEAD"]
+        if lost or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     head = [n["node_id"] for n in nodes if n["is_head_node"]]
-    lost = [n["node_id"] for n in nodes if n["state"] == "DEAD"]
     newest = max((n for n in nodes if not n["is_head_node"]), key=lambda n: n["start_time_ms"])["node_id"]
     assert len(set(workers_before)) == 2 and not set(workers_before) & set(head), "one worker on each worker node"
     assert len(lost) == 1 and lost[0] in workers_before, "the node killed hosted a Ray Train worker"
