@@ -394,7 +394,7 @@ def _banner(config: ServeConfig) -> str:
     )
     metrics = ""
     if not config.address:
-        port = ray._private.worker.global_worker.node.metrics_export_port
+        port = ray.nodes()[0]["MetricsExportPort"]  # the local Ray's one node
         metrics = f"; metrics at http://127.0.0.1:{port}/metrics"
     replicas = f"{config.replicas} replica{'s' * (config.replicas > 1)}"
     ingress = "" if config.address else ", HAProxy in front" if config.haproxy else ", Serve's Python proxy in front"

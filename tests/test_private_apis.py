@@ -37,7 +37,6 @@ PRIVATE = [
      "no DatasetManager actor: the job passes no Ray Datasets"),
     ("ray.train.v2._internal.callbacks.placement_group_callback", "PlacementGroupCleanerCallback", "job/raytrain.py",
      "no placement-group cleaner on a private local Ray (a warning a second, 12 s to stop at the end)"),
-    ("ray._private.worker", "global_worker", "job/serve.py", "the local Ray's metrics port, for the banner"),
 ]  # fmt: skip
 
 # Methods the job overrides or calls: a rename would silently turn an override into dead code.
