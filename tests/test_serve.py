@@ -7,6 +7,7 @@ One server (2 replicas) serves the cnn of the shared sample run for the whole mo
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
 import os
@@ -302,12 +303,17 @@ def test_a_second_server_takes_ports_of_its_own_and_sigterm_stops_it_leaving_not
     """Serve's HAProxy listens on 9101 (metrics) and 8404 (stats) by default, so a second `mnist-train serve` on the
     machine failed while the first ran; each now takes free ones. SIGTERM to the second one's process group (as
     Kubernetes, systemd and CI stop it) is a stop, as Ctrl-C: before, ray.init's handler aborted it with a native
-    stack trace (exit -6) and HAProxy stayed, holding its ports."""
+    stack trace (exit -6) and HAProxy stayed, holding its ports.
+
+    Its batches wait 400 ms: a batch closes that long after its first request, however many keep arriving (each
+    arrival sets the wait of the next batch, never of the one gathering)."""
     ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
-    second = Server("--model-uri", str(sample_run.output / "cnn"), ray_tmp=ray_tmp, tmpdir=str(tmp_path))
+    second = Server("--model-uri", str(sample_run.output / "cnn"), "--batch-wait-ms", "400", ray_tmp=ray_tmp,
+                    tmpdir=str(tmp_path))  # fmt: skip
     try:
         second.wait_serving()
         code, answer = second.post(digits_json(sample.x_test[:2]))
+        answered = _answer_times(second, digits_json(sample.x_test[:1]), [0, 0, *(0.1 * i for i in range(1, 13))])
         group = {pid: " ".join(_cmdline(pid))[:120] for pid in _group(second.process.pid)}
         assert any("haproxy" in line for line in group.values()), second.lines
         os.killpg(second.process.pid, signal.SIGTERM)
@@ -323,6 +329,23 @@ def test_a_second_server_takes_ports_of_its_own_and_sigterm_stops_it_leaving_not
     assert stopped == 0 and second.lines[-1] == "stopping", second.lines
     assert not [line for line in second.lines if re.search(r"Traceback|SIGTERM received|\*\*\* ", line)], second.lines
     assert not left, f"processes left after SIGTERM: {[(group[pid], _status(pid)) for pid in left]}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert server.post(digits_json(sample.x_test[:1]))[0] == 200  # the first one serves on
+    # The first two arrive together, so the replica waits for more: closed at 0.4 s, not 0.4 s after the last (1.6 s).
+    assert answered[0] < 1.0 and answered[1] < 1.0, answered
+
+
+def _answer_times(server: Server, body: bytes, delays: list[float]) -> list[float]:
+    """Seconds from the first send to each answer, for requests sent `delays` seconds after the start."""
+    started = time.perf_counter()
+
+    def send(delay: float) -> float:
+        time.sleep(max(0.0, started + delay - time.perf_counter()))
+        assert server.post(body)[0] == 200
+        return time.perf_counter() - started
+
+    with concurrent.futures.ThreadPoolExecutor(len(delays)) as pool:
+        return list(pool.map(send, delays))
 
 
 def _group(pid: int) -> list[int]:
@@ -334,8 +357,6 @@ def _status(pid: int) -> str:
         return psutil.Process(pid).status()
     except psutil.Error as error:
         return type(error).__name__
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
-    assert server.post(digits_json(sample.x_test[:1]))[0] == 200  # the first one serves on
 
 
 def _cmdline(pid: int) -> list[str]:
