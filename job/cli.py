@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from job import session
 from job.config import (
     DATASETS,
     MODEL_NAMES,
@@ -307,9 +308,12 @@ def parse(argv: Sequence[str] | None = None) -> TrainConfig | EvaluateConfig | S
         parser.exit(2, f"{PROG}: error: {err}\n")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command; the one place that turns errors into one line on stderr and an exit code."""
+def main(argv: Sequence[str] | None = None, own_session: bool = False) -> int:
+    """Run a command; the one place that turns errors into one line on stderr and an exit code. With own_session
+    (the `mnist-train` command), a command that starts a local Ray runs in a session of its own (job.session)."""
     config = parse(argv)
+    if own_session and _starts_local_ray(config) and (code := session.detach()) is not None:
+        return code  # the parent: the command ran in the child
     stop_on_sigterm()
     try:
         if isinstance(config, EvaluateConfig):
@@ -332,6 +336,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (errors.Stopped), after every clean-up on the way out
         return _stopped(config)
+
+
+def _starts_local_ray(config: TrainConfig | EvaluateConfig | ServeConfig) -> bool:
+    if isinstance(config, ServeConfig):
+        return not config.address
+    return isinstance(config, TrainConfig) and not config.address and not config.in_process
 
 
 def _stopped(config: TrainConfig | EvaluateConfig | ServeConfig) -> int:
@@ -369,7 +379,7 @@ def _train(config: TrainConfig) -> int:
 def entry() -> NoReturn:
     """The `mnist-train` command. Python's last garbage collection at exit walks every object Ray, TensorFlow and
     matplotlib made, about 0.5 s for nothing; it skips the objects frozen here."""
-    code = main()
+    code = main(own_session=True)
     gc.freeze()
     sys.exit(code)
 
