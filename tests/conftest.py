@@ -94,3 +94,15 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
         yield server
     finally:
         server.stop()
+
+
+# The files that take a minute or more (real runs, a Ray Serve, S3 faults), in the order `make test` starts them: its
+# two processes take a file at a time in collection order, so the long ones go first and the short ones fill the end.
+LONG_FILES = ("test_serve.py", "test_s3_runs.py", "test_deep_bn_cnn_run.py", "test_resume.py", "test_integration.py",
+              "test_rehearsal.py", "test_data_parallel.py", "test_train_local.py",
+              "test_node_local_paths.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: each file keeps its order
