@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import resource
 import signal
 import socket
 import tempfile
@@ -49,6 +50,7 @@ PARSE_INLINE_BYTES = 64 * 1024
 # (Serve's default); it can replay only a request whole in its 16 KB buffer (up to about 5 JSON digits, or a PNG).
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}  # fmt: skip
+HAPROXY_MAXCONN, HAPROXY_SPARE_FILES, HAPROXY_MIN_CONN = 4096, 2200, 256  # Serve's default; see _haproxy_maxconn
 # Short names: HAProxy binds a Unix socket at "<path>.<pid>.tmp" first, and a socket's path has 107 bytes at most.
 HAPROXY_FILES = {"CONFIG_FILE_LOC": "haproxy.cfg", "SOCKET_PATH": "a.sock", "SERVER_STATE_FILE": "server-state",
                  "METRICS_SOCKET_PATH": "m.sock"}  # fmt: skip
@@ -331,7 +333,20 @@ def _haproxy(on: bool) -> Iterator[None]:
             RAY_SERVE_HAPROXY_METRICS_PORT=str(_free_port()), RAY_SERVE_HAPROXY_STATS_PORT=str(_free_port())
         )
         os.environ.update({f"RAY_SERVE_HAPROXY_{key}": os.path.join(folder, f) for key, f in HAPROXY_FILES.items()})
+        if "RAY_SERVE_HAPROXY_MAXCONN" not in os.environ:
+            os.environ.update(_haproxy_maxconn(resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
         yield
+
+
+def _haproxy_maxconn(files: int) -> dict[str, str]:
+    """HAProxy asks for 2 file descriptors a connection and about 2,100 more (Serve's 4,096 connections: 10,276) and
+    stops if the process may not open that many. Under a lower hard limit (4,096 in many containers) it gets as many
+    connections as fit."""
+    if files == resource.RLIM_INFINITY or files >= 2 * HAPROXY_MAXCONN + HAPROXY_SPARE_FILES:
+        return {}
+    fits = max(HAPROXY_MIN_CONN, (files - HAPROXY_SPARE_FILES) // 2)
+    logging.getLogger(__name__).info("HAProxy: %d connections, what a limit of %d open files allows", fits, files)
+    return {"RAY_SERVE_HAPROXY_MAXCONN": str(fits)}
 
 
 def _check_port_free(host: str, port: int) -> None:
