@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: let tests import support.py
+# k8s/ holds scripts, not a package: on sys.path, as running them puts it, the tests import kind_e2e, e2e and
+# rehearse by those names.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "k8s"))
 
 from live_run import FinishedRun, LiveRun, MotoServer  # noqa: E402
 from promlib import (  # noqa: E402

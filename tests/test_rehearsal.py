@@ -29,9 +29,9 @@ from typing import Any
 import helm_python
 import pytest
 import yaml
-from kubernetes.utils import parse_quantity
 from live_run import SNAPSHOT, MotoServer, alive, descendants, wait_registered
 from ray_head import STOP_GRACE_S
+from rehearse import pods
 
 from support import ROOT, free_port
 
@@ -51,30 +51,13 @@ def render(endpoint: str) -> dict[str, Any]:
     return rayjob
 
 
-def container_env(container: dict[str, Any], secrets_: dict[str, dict[str, str]]) -> dict[str, str]:
-    """A container's env as the kubelet resolves it: plain values and secretKeyRefs (from `secrets_`)."""
-    env = {}
-    for item in container.get("env", []):
-        if "value" in item:
-            env[item["name"]] = item["value"]
-        else:
-            ref = item["valueFrom"]["secretKeyRef"]
-            env[item["name"]] = secrets_[ref["name"]][ref["key"]]
-    return env
-
-
 def ray_start_argv(group: dict[str, Any], head_address: str | None, ports: dict[str, int]) -> list[str]:
-    """`ray start` as KubeRay builds it: rayStartParams as --key=value, --num-cpus and --memory from the container's
-    limits when not set, --block; workers join with --address. `ports` replaces the per-pod fixed ports."""
-    params = dict(group["rayStartParams"])
-    limits = group["template"]["spec"]["containers"][0]["resources"].get("limits", {})
-    if "num-cpus" not in params and "cpu" in limits:
-        params["num-cpus"] = str(int(parse_quantity(limits["cpu"])))
-    if "memory" not in params and "memory" in limits:
-        params["memory"] = str(int(parse_quantity(limits["memory"])))
-    params.update({key: str(port) for key, port in ports.items()})
-    role = ["--head"] if head_address is None else [f"--address={head_address}"]
-    return ["ray", "start", *role, *(f"--{key}={value}" for key, value in params.items()), "--block"]
+    """`ray start` as KubeRay builds it (k8s/rehearse/pods.py), workers joining `head_address`; `ports` replaces the
+    per-pod fixed ports."""
+    host, _, port = (head_address or "").rpartition(":")
+    params = pods.ray_start_params(group, head_address is None, head_service=host, head_port=port)
+    params.update({key: str(number) for key, number in ports.items()})
+    return ["ray", "start", *(["--head"] if head_address is None else []), *pods.ray_start_flags(params)]
 
 
 class Node:
@@ -128,9 +111,9 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # KubeRay's token Secret, in every pod
     secrets_ = {VALUES["storage"]["existingSecret"]: s3_secret}
     gcs, dashboard = free_port(), free_port()
-    head_env = {**base, **container_env(head_group["template"]["spec"]["containers"][0], secrets_), **auth,
+    head_env = {**base, **pods.container_env(head_group["template"]["spec"]["containers"][0], secrets_), **auth,
                 "RAY_ADDRESS": f"127.0.0.1:{gcs}"}  # fmt: skip
-    worker_env = {**base, **container_env(worker_group["template"]["spec"]["containers"][0], secrets_), **auth}
+    worker_env = {**base, **pods.container_env(worker_group["template"]["spec"]["containers"][0], secrets_), **auth}
 
     def node_ports() -> dict[str, int]:
         return {"metrics-export-port": free_port(), "dashboard-agent-listen-port": free_port()}
@@ -147,7 +130,7 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
         for count in range(2, 2 + worker_group["replicas"]):  # one at a time: concurrent raylets race for ports
             nodes.append(start_worker())
             _wait_for_nodes(head_env, url, count)
-        submitter = container_env(spec["submitterPodTemplate"]["spec"]["containers"][0], {})
+        submitter = pods.container_env(spec["submitterPodTemplate"]["spec"]["containers"][0], {})
         yield {"rayjob": rayjob, "moto": moto, "url": url, "env": head_env, "nodes": nodes,
                "start_worker": start_worker, "submitter_env": {**base, **submitter, **auth}}  # fmt: skip
     finally:

@@ -65,7 +65,7 @@ def ray_start_params(
     return params
 
 
-def ray_start_command(params: Mapping[str, str], head: bool) -> str:
+def ray_start_flags(params: Mapping[str, str]) -> list[str]:
     """convertParamMap: flags in key order, `--key=value`, booleans as bare switches."""
     flags = []
     for key in sorted(params):
@@ -75,7 +75,12 @@ def ray_start_command(params: Mapping[str, str], head: bool) -> str:
                 flags.append(f"--{key}")
         else:
             flags.append(f"--{key}={value}")
-    return " ".join(["ray", "start", *(["--head"] if head else []), *flags])
+    return flags
+
+
+def ray_start_command(params: Mapping[str, str], head: bool) -> str:
+    """The `ray start` command line KubeRay runs in a Ray container."""
+    return " ".join(["ray", "start", *(["--head"] if head else []), *ray_start_flags(params)])
 
 
 def container_command(start: str) -> list[str]:
