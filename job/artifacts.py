@@ -20,7 +20,7 @@ from typing import Any
 
 from job import storage, versions
 from job.checkpoint import MODEL_FILE, SAVED_MODEL, RunState
-from job.config import ConfigError, TrainConfig, defaults, display_name, placement
+from job.config import MEMBERS_SUFFIX, ConfigError, TrainConfig, defaults, display_name, placement
 from job.data import Dataset
 
 RESULTS = "results.json"
@@ -80,6 +80,7 @@ def claim_run(config: TrainConfig, dataset: Dataset) -> None:
         before = json.loads(storage.read_bytes(uri))
         if replaced and before.get("replaces") != settings["replaces"]:
             storage.delete(run_dir)
+            storage.delete(run_dir + MEMBERS_SUFFIX)
         else:
             _refuse_changes(config, before, settings)
             return
@@ -128,7 +129,7 @@ def _remove_leftovers(config: TrainConfig, replaced: dict[str, Any]) -> None:
     """What the replaced run wrote that this one did not overwrite: its other models and its checkpoints."""
     leftovers = [name for name in replaced["models"] if name not in config.outputs]
     if replaced["run_name"] != config.run_name:
-        leftovers.append(f"checkpoints/{replaced['run_name']}")
+        leftovers += [f"checkpoints/{replaced['run_name']}", f"checkpoints/{replaced['run_name']}{MEMBERS_SUFFIX}"]
     for part in leftovers:
         storage.delete(storage.join(config.output, part))
 

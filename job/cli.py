@@ -172,6 +172,13 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "train K members of each model (seeds seed..seed+K-1) and save the average of their probabilities as "
         "<model>-ensemble; 1 = one model",
     )
+    _add_switch(
+        p,
+        "--parallel-members",
+        "with --ensemble K and N Ray workers, train the members at once in min(K, N) worker groups; without it, "
+        "one after the other on all N workers",
+        default=d["parallel_members"],
+    )
     _add(
         p,
         "--address",

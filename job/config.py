@@ -17,6 +17,7 @@ MAX_EPOCHS = 1000
 MAX_WORKERS = 1024
 MAX_ENSEMBLE = 20
 ENSEMBLE_SUFFIX = "-ensemble"
+MEMBERS_SUFFIX = "-members"  # checkpoints/<run>-members/: the member groups' own Ray Train runs (parallel members)
 _RUN_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 
 
@@ -99,6 +100,7 @@ class TrainConfig:
     run_name: str = field(default_factory=default_run_name)
     seed: int = 7
     ensemble: int = 1  # K > 1: each model trains K members (seeds seed .. seed+K-1) and saves their ensemble
+    parallel_members: bool = True  # with Ray workers: the members train at once in worker groups (member_groups)
     address: str | None = None
     overwrite: bool = False
     metrics_port: int = 0
@@ -143,6 +145,13 @@ class TrainConfig:
                 raise ConfigError(
                     f"{name}'s default global batch {RECIPES[name].batch_size} does not split evenly over "
                     f"{self.workers} workers; pass --batch-size with a multiple of {self.workers}"
+                )
+            if self.recipe(name).batch_size % self.group_workers:
+                what = "--batch-size" if self.batch_size else f"{name}'s default global batch"
+                raise ConfigError(
+                    f"{what} {self.recipe(name).batch_size} does not split evenly over the {self.group_workers} "
+                    f"workers of each of {self.member_groups} member groups; pass --batch-size with a multiple of "
+                    f"{self.group_workers}, or --no-parallel-members"
                 )
         _check_range("--cpus-per-worker", self.cpus_per_worker, 0.1, 512)
         if self.dataset not in DATASETS:
@@ -195,6 +204,22 @@ class TrainConfig:
     def in_process(self) -> bool:
         """--workers 0: Ray Train's local mode, the training function in this process, no Ray instance."""
         return self.workers == 0
+
+    @property
+    def member_groups(self) -> int:
+        """How many worker groups train an ensemble's members at once: one per member, up to one per worker. 1: the
+        members train one after the other on every worker (in this process, or --no-parallel-members)."""
+        return min(self.ensemble, self.workers) if self.parallel_members and self.workers > 1 else 1
+
+    @property
+    def group_workers(self) -> int:
+        """The Ray Train workers of each member group."""
+        return max(self.workers, 1) // self.member_groups
+
+    def group_members(self, group: int) -> tuple[str, ...]:
+        """What member group `group` (0-based) trains, one after the other: members group+1, group+1+G, ... of every
+        model."""
+        return tuple(m for model in self.models for m in self.members(model)[group :: self.member_groups])
 
     def members(self, model: str) -> tuple[str, ...]:
         """What the workers train for `model`: the model itself, or with --ensemble K its members `<model>-1` .. K."""

@@ -34,7 +34,7 @@ class _PersistingFnUtils(LocalTrainFnUtils):
         pointer = storage.join(run_uri, LATEST)
         if storage.exists(pointer):
             self._kept = json.loads(storage.read_bytes(pointer))["kept"]
-            self._last_checkpoint = _checkpoint(storage.join(run_uri, self._kept[-1]))
+            self._last_checkpoint = storage.checkpoint_at(storage.join(run_uri, self._kept[-1]))
 
     def report(self, metrics: dict[str, Any], checkpoint: Checkpoint | None = None, **kwargs: Any) -> None:
         if checkpoint is not None:
@@ -53,12 +53,7 @@ class _PersistingFnUtils(LocalTrainFnUtils):
         for old in kept[:-KEEP]:
             storage.delete(storage.join(self._run_uri, old))
         self._kept = kept[-KEEP:]
-        return _checkpoint(uri)
-
-
-def _checkpoint(uri: str) -> Checkpoint:
-    filesystem, path = storage.resolve(uri)
-    return Checkpoint(path=path, filesystem=filesystem)
+        return storage.checkpoint_at(uri)
 
 
 def fit(train_loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], run_uri: str, name: str) -> Any:

@@ -132,6 +132,14 @@ def upload_dir(local_dir: str | Path, uri: str) -> None:
         write_bytes(join(uri, file.relative_to(root).as_posix()), file.read_bytes())
 
 
+def checkpoint_at(uri: str) -> Any:
+    """The Ray Train checkpoint whose files are at `uri`."""
+    from ray.train import Checkpoint
+
+    filesystem, path = resolve(uri)
+    return Checkpoint(path=path, filesystem=filesystem)
+
+
 def download_checkpoint(checkpoint: Any, local_dir: str | Path) -> Path:
     """A Ray Train checkpoint's files copied into `local_dir`, a folder private to this process. Not
     `Checkpoint.to_directory`: its lock against other processes leaves a file in $TMPDIR/_ray_lockfiles each time."""

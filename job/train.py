@@ -11,11 +11,14 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from job import artifacts, cluster, console, storage
-from job.config import ConfigError, TrainConfig, placement
+from job.checkpoint import RunState
+from job.config import MEMBERS_SUFFIX, ConfigError, TrainConfig, placement
 from job.data import Dataset, load
 from job.errors import stop_on_sigterm
 
@@ -85,20 +88,30 @@ def _scratch() -> tempfile.TemporaryDirectory:
 def _fit_on_ray(config: TrainConfig, dataset: Dataset, worker_tmp: str | None) -> Any:
     """Run train_loop_per_worker on the Ray Train workers; the final checkpoint."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-
-    from job.backend import TensorflowConfig
-    from job.raytrain import trainer_class
-    from job.worker import train_loop_per_worker
 
     _check_resources(config, ray.cluster_resources())
     if config.address:
         _check_output_is_shared(config.output)
     if config.gpu:
         _check_gpu_visible()
+    loop_config = {"config": config, "data": ray.put(dataset), "tmp": worker_tmp}
+    if config.member_groups > 1:
+        loop_config["start"] = _fit_member_groups(config, loop_config)
+    # Every model, or with parallel members the ensembles only: the members are finished in loop_config["start"].
+    return _fit(config, config.run_name, _storage_path(storage.join(config.output, "checkpoints")), loop_config)
+
+
+def _fit(config: TrainConfig, name: str, storage_path: str, loop_config: dict[str, Any]) -> Any:
+    """One Ray Train run of train_loop_per_worker on config.workers workers, named `name`; its final checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+
+    from job.backend import TensorflowConfig
+    from job.raytrain import trainer_class
+    from job.worker import train_loop_per_worker
+
     trainer = trainer_class(local=not config.address)(
         train_loop_per_worker,
-        train_loop_config={"config": config, "data": ray.put(dataset), "tmp": worker_tmp},
+        train_loop_config=loop_config,
         backend_config=TensorflowConfig(),
         scaling_config=ScalingConfig(
             num_workers=config.workers,
@@ -109,8 +122,8 @@ def _fit_on_ray(config: TrainConfig, dataset: Dataset, worker_tmp: str | None) -
             placement_strategy="SPREAD" if config.address else "PACK",
         ),
         run_config=RunConfig(
-            name=config.run_name,
-            storage_path=_storage_path(config.output),
+            name=name,
+            storage_path=storage_path,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             # Locally the workers inherit worker_env() from the driver, and Ray can reuse its prestarted processes.
@@ -119,6 +132,41 @@ def _fit_on_ray(config: TrainConfig, dataset: Dataset, worker_tmp: str | None) -
         ),
     )
     return trainer.fit().checkpoint
+
+
+def _fit_member_groups(config: TrainConfig, loop_config: dict[str, Any]) -> Any:
+    """--ensemble K with N Ray workers: the members train at once, in min(K, N) Ray Train runs of N // groups workers
+    each (Ray places them; a thread waits on each, as Ray Tune runs trials), each run a member group's members one
+    after the other; then one checkpoint holds every finished member, from which the run builds the ensembles.
+    Each group run resumes on its own, under <output>/checkpoints/<run>-members/."""
+    folder = storage.join(config.output, "checkpoints", config.run_name + MEMBERS_SUFFIX)
+    group_config = replace(config, workers=config.group_workers)
+    pool = ThreadPoolExecutor(config.member_groups, thread_name_prefix="members")
+    runs = [
+        pool.submit(_fit, group_config, f"group-{g + 1}", _storage_path(folder),
+                    {**loop_config, "config": group_config, "only": config.group_members(g)})
+        for g in range(config.member_groups)
+    ]  # fmt: skip
+    done, _ = wait(runs, return_when=FIRST_EXCEPTION)
+    pool.shutdown(wait=False, cancel_futures=True)
+    failed = next((run for run in runs if run in done and run.exception()), None)
+    if failed:
+        raise failed.exception()  # the other groups stop with the local Ray, or with this driver on a cluster
+    return _merge_members([run.result() for run in runs], storage.join(folder, "merged"))
+
+
+def _merge_members(checkpoints: list[Any], uri: str) -> Any:
+    """One checkpoint with the finished members of every group's final checkpoint, written to `uri`."""
+    with tempfile.TemporaryDirectory(prefix="mnist-members-") as tmp:
+        merged = RunState()
+        for i, saved in enumerate(checkpoints):
+            state = RunState.load(storage.download_checkpoint(saved, Path(tmp) / f"group-{i + 1}"))
+            merged.finished.update(state.finished)
+            merged.model_dirs.update(state.model_dirs)
+        merged.save(Path(tmp) / "merged")
+        storage.delete(uri)
+        storage.upload_dir(Path(tmp) / "merged", uri)
+    return storage.checkpoint_at(uri)
 
 
 def _check_output_is_shared(output: str) -> None:
@@ -162,8 +210,8 @@ def _worker_resources(config: TrainConfig) -> dict[str, float]:
     return resources
 
 
-def _storage_path(output: str) -> str:
-    uri = storage.join(output, "checkpoints")
+def _storage_path(uri: str) -> str:
+    """Ray Train's storage_path for the checkpoints at `uri`."""
     return os.path.abspath(uri) if "://" not in uri else uri
 
 
@@ -247,6 +295,9 @@ def _print_plan(config: TrainConfig, dataset: Dataset) -> None:
     plan = "; ".join(f"{', '.join(names)} for {e} epochs, global batch {b}" for (e, b), names in plans.items())
     if config.ensemble > 1:
         plan += f"; {config.ensemble} members each (seeds {config.seed}..{config.seed + config.ensemble - 1}), averaged"
+    if config.member_groups > 1:
+        plan += f"; members train at once in {config.member_groups} groups of {config.group_workers} worker"
+        plan += "s" * (config.group_workers > 1)
     print(
         f"run {config.run_name}: {plan} {placement(config.workers, config.gpu)} ({where})\n"
         f"data {dataset.name}: {len(dataset.y_train)} train / {len(dataset.y_test)} test; "

@@ -50,27 +50,31 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="mnist-worker-", dir=loop_config.get("tmp")) as workdir:
         tempfile.tempdir = workdir  # TensorFlow's autograph writes a .py file per traced function to the temp folder
         try:
-            _train_all(loop_config["config"], loop_config["data"], Path(workdir))
+            _train_all(loop_config, Path(workdir))
         finally:
             tempfile.tempdir = previous
 
 
-def _train_all(config: TrainConfig, data: Any, workdir: Path) -> None:
-    """`data` is the Dataset itself in this process (--workers 0), else its Ray object reference."""
+def _train_all(loop_config: dict[str, Any], workdir: Path) -> None:
+    """loop_config: the run's `config`; its `data`, the Dataset itself in this process (--workers 0), else its Ray
+    object reference; with parallel members, `only` the members this group trains, or `start` the checkpoint that
+    holds every finished member (the run then builds the ensembles)."""
     import ray
     import ray.train
 
+    config, data = loop_config["config"], loop_config["data"]
     context = ray.train.get_context()
     rank, size = context.get_world_rank(), context.get_world_size()
     strategy, device_info = devices.make_strategy(config, size)  # before any other TensorFlow op
     if not config.in_process:
         _quiet_logs()
     dataset: Dataset = data if isinstance(data, Dataset) else ray.get(data)
-    state, restored = _restore(ray.train.get_checkpoint(), workdir)
+    saved = ray.train.get_checkpoint()
+    state, restored = _restore(saved, workdir) if saved or "start" not in loop_config else _start(loop_config, workdir)
     exporter = WorkerMetrics(config, rank, size, dataset.name, device_info)
     worker = Worker(config, dataset, strategy, rank, size, workdir, state, restored, exporter, device_info)
     try:
-        for name in config.outputs:
+        for name in loop_config.get("only") or config.outputs:
             if name not in state.finished:
                 (_build_ensemble if is_ensemble(name) else _train_model)(worker, name)
     finally:
@@ -99,6 +103,11 @@ def _restore(saved: Any, workdir: Path) -> tuple[RunState, Path | None]:
     done = {name: len(info["history"]) for name, info in state.finished.items()}
     say(f"resuming from checkpoint: finished {done or 'none'}, {state.current or '-'} at epoch {len(state.history)}")
     return state, folder
+
+
+def _start(loop_config: dict[str, Any], workdir: Path) -> tuple[RunState, None]:
+    """The finished members that the member groups trained (parallel members): nothing is in progress."""
+    return RunState.load(storage.download_checkpoint(loop_config["start"], workdir / "members")), None
 
 
 def _train_model(worker: Worker, name: str) -> None:

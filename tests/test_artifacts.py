@@ -1,5 +1,6 @@
 """The output contract: a resumed run must train what the first attempt trained."""
 
+import dataclasses
 import json
 
 import pytest
@@ -42,6 +43,19 @@ def test_resume_compares_what_each_model_trains_with_not_how_it_was_spelled(tmp_
         output=str(tmp_path / "b"), run_name="r2", models=("deep_bn_cnn",), epochs=20, batch_size=120
     )
     artifacts.claim_run(restated, sample)  # the same training, spelled out: resumes
+
+
+def test_an_overwrite_starts_afresh_without_the_finished_runs_member_groups(tmp_path) -> None:
+    """The member groups' own runs (parallel members) are checkpoints of the run: an --overwrite must not resume
+    them, or a rerun would skip training members it was asked to train anew."""
+    sample = data.mnist_sample()
+    config = TrainConfig(output=str(tmp_path), run_name="r1", models=("mlp",), ensemble=2, workers=2)
+    artifacts.claim_run(config, sample)
+    groups = tmp_path / "checkpoints" / "r1-members" / "group-1"
+    groups.mkdir(parents=True)
+    (tmp_path / artifacts.RESULTS).write_text(json.dumps({"run_name": "r1", "finished_at": "then", "models": {}}))
+    artifacts.claim_run(dataclasses.replace(config, overwrite=True), sample)
+    assert not groups.parent.exists() and (tmp_path / "checkpoints" / "r1" / artifacts.RUN_SETTINGS).exists()
 
 
 def test_cli_refuses_to_resume_with_other_epochs_before_starting_ray(tmp_path) -> None:

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from job import cli
-from job.config import TrainConfig
+from job.config import ConfigError, TrainConfig
 
 
 def parse(argv, monkeypatch=None, env=None):
@@ -94,6 +94,25 @@ def test_an_ensemble_trains_seeded_members_then_writes_their_average(monkeypatch
     single = parse(["train", "--models", "cnn"])
     assert single.outputs == single.members("cnn") == ("cnn",) and single.for_model("cnn").seed == 7
     assert parse(["train"], monkeypatch, {"MNIST_TRAIN_ENSEMBLE": "3"}).ensemble == 3
+
+
+def test_ensemble_members_train_at_once_in_one_worker_group_per_member_up_to_one_per_worker() -> None:
+    def groups(*argv: str) -> tuple[int, int, list[tuple[str, ...]]]:
+        config = cli.parse(["train", "--models", "cnn,mlp", "--address", "10.0.0.1:6379", *argv])
+        groups = config.member_groups
+        return groups, config.group_workers, [config.group_members(g) for g in range(groups)]
+
+    assert groups("--ensemble", "2", "--workers", "2") == (2, 1, [("cnn-1", "mlp-1"), ("cnn-2", "mlp-2")])
+    assert groups("--ensemble", "3", "--workers", "2") == (2, 1, [("cnn-1", "cnn-3", "mlp-1", "mlp-3"),
+                                                                    ("cnn-2", "mlp-2")])  # fmt: skip
+    assert groups("--ensemble", "2", "--workers", "4")[:2] == (2, 2)
+    assert groups("--ensemble", "2", "--workers", "5")[:2] == (2, 2)  # the fifth worker has no group
+    assert groups("--ensemble", "3", "--workers", "1")[:2] == (1, 1)
+    assert groups("--ensemble", "3", "--workers", "4", "--no-parallel-members")[:2] == (1, 4)
+    assert groups("--workers", "4")[:2] == (1, 4)  # no ensemble: the single-model path
+    assert cli.parse(["train", "--ensemble", "3"]).member_groups == 1  # in this process: one after the other
+    with pytest.raises(ConfigError, match=r"--batch-size 5 does not split evenly over the 2 workers of each of 2 "):
+        TrainConfig(address="10.0.0.1:6379", workers=5, ensemble=2, batch_size=5)
 
 
 def test_every_flag_has_a_documented_env_twin() -> None:

@@ -1,9 +1,10 @@
 """deep_bn_cnn trained for real by the job: 2 Ray workers on 1,920 shipped MNIST digits (16 steps an epoch).
 
-One short run of a 2-member ensemble: every artifact is written and reproduces the reported error (Keras, SavedModel,
-`evaluate`), for a member and for the ensemble, whose probabilities are the members' average. One run
-whose non-chief worker is SIGKILLed after a checkpoint: it resumes, and the optimizer's step counter, which drives
-the learning-rate schedule, carries on from the checkpoint instead of starting over.
+One short run of a 2-member ensemble, its members trained at once on a worker each: every artifact is written and
+reproduces the reported error (Keras, SavedModel, `evaluate`), for a member and for the ensemble, whose probabilities
+are the members' average. One run whose non-chief worker is SIGKILLed after a checkpoint: it resumes, and the
+optimizer's step counter, which drives the learning-rate schedule, carries on from the checkpoint instead of starting
+over.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def test_short_run_writes_every_artifact_with_the_recipe(run) -> None:
     assert model["recipe"] == {"epochs": 3, "batch_size": 120, "learning_rate": 3e-3, "schedule": "one-cycle",
                                "warmup": 0.15, "augment": True}  # fmt: skip
     assert results["workers"] == 2 and results["epochs"] == 3 and results["batch_size"] == 120
-    assert "deep_bn_cnn for 3 epochs, global batch 120; 2 members each (seeds 7..8), averaged on 2 CPU" in stdout
+    assert ("deep_bn_cnn for 3 epochs, global batch 120; 2 members each (seeds 7..8), averaged; members train at once "
+            "in 2 groups of 1 worker on 2 CPU workers") in stdout  # fmt: skip
     assert model["history"][2]["loss"] < model["history"][1]["loss"] < model["history"][0]["loss"]
     # Better than chance (0.90; always "1" scores 0.886), no more: after 48 steps the batch-norm moving statistics
     # (momentum 0.99) have moved only 1 - 0.99**48 = 38% of the way from their initial values, so inference lags
@@ -79,6 +81,20 @@ def test_short_run_writes_every_artifact_with_the_recipe(run) -> None:
     assert (folder / "saved_model" / "saved_model.pb").is_file()
     assert (output / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (output / "checkpoints" / "deep-run").is_dir()
+
+
+def test_the_members_train_at_once_each_on_a_worker_of_its_own(run) -> None:
+    output, results, _ = run
+    first, second = (results["models"][f"deep_bn_cnn-{i}"]["history"] for i in (1, 2))
+    # Each member's epochs ran while the other's did: each member's first epoch began before the other's last ended.
+    assert first[0]["started_at"] < second[-1]["started_at"] + second[-1]["seconds"]
+    assert second[0]["started_at"] < first[-1]["started_at"] + first[-1]["seconds"]
+    # One worker each: the worker saw every example of the epoch, in global batches of the whole 120.
+    assert all(r["examples"] == TRAIN and r["global_batch_max"] == 120 for r in first + second)
+    runs = output / "checkpoints" / "deep-run-members"
+    assert sorted(p.name for p in runs.iterdir()) == ["group-1", "group-2", "merged"]
+    merged = json.loads((runs / "merged" / "state.json").read_text())
+    assert sorted(merged["finished"]) == ["deep_bn_cnn-1", "deep_bn_cnn-2"] and merged["current"] is None
 
 
 def test_saved_model_reproduces_the_error_with_averaged_batch_norm_statistics(run, digits) -> None:

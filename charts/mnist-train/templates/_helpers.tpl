@@ -63,6 +63,7 @@ line gives back exactly these values (a chart test checks it).
 {{- end }}
 {{- $args = concat $args (list "--output" (include "mnist-train.output" .) "--run-name" (include "mnist-train.runName" .)) }}
 {{- $args = concat $args (list "--seed" (toString (int $t.seed)) "--ensemble" (toString (int $t.ensemble))) }}
+{{- $args = append $args (ternary "--parallel-members" "--no-parallel-members" $t.parallelMembers) }}
 {{- /* The driver runs on the head: join that cluster, never start a private local Ray. */}}
 {{- $args = concat $args (list "--address" "auto") }}
 {{- $args = append $args (ternary "--overwrite" "--no-overwrite" $t.overwrite) }}
