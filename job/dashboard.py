@@ -43,8 +43,8 @@ MODEL = RUN + ', model=~"$model"'
 RAY = 'namespace=~"$namespace", ray_train_run_name=~"$run"'
 SERVE = 'namespace=~"$namespace", application="mnist"'  # `mnist-train serve` (job/serve.py), through Ray's metrics
 INFO_LABELS = (
-    "run, dataset, workers, gpu, device_type, device_name, devices, version, python_version, tensorflow_version, "
-    "tf_keras_version, ray_version"
+    "run, dataset, workers, gpu, device_type, device_name, devices, onednn, version, python_version, "
+    "tensorflow_version, tf_keras_version, ray_version"
 )
 
 
@@ -153,7 +153,7 @@ def run_info() -> table.Panel:
         _panel(
             table,
             "Run metadata",
-            "mnist_train_info: data set, workers, GPU and versions.",
+            "mnist_train_info: data set, workers, GPU, oneDNN and versions.",
             query(expr, instant=True, as_table=True),
         )
         .with_transformation(_transform("organize", {"excludeByName": {"Time": True, "Value": True}}))

@@ -109,6 +109,16 @@ def describe(gpus: list[Any]) -> dict[str, Any]:
     import tensorflow as tf
 
     if not gpus:
-        return {"type": "CPU", "name": "cpu", "count": 1}
+        return {"type": "CPU", "name": "cpu", "count": 1, "onednn": onednn()}
     names = {tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus}
-    return {"type": "GPU", "name": ", ".join(sorted(names)), "count": len(gpus)}
+    return {"type": "GPU", "name": ", ".join(sorted(names)), "count": len(gpus), "onednn": onednn()}
+
+
+def onednn() -> bool | None:
+    """Whether TensorFlow's CPU ops run on oneDNN in this process (TF_ENABLE_ONEDNN_OPTS, else TensorFlow's choice
+    for this CPU); None where TensorFlow no longer says (a private function: tests/test_private_apis.py)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())

@@ -34,7 +34,7 @@ SPLIT_KEYS = {"train": ("loss", "accuracy"), "val": ("val_loss", "val_accuracy")
 WORKER_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "mnist_train_info": (
         "Run metadata; always 1.",
-        ("dataset", "workers", "gpu", "device_type", "device_name", "devices", "version", "python_version")
+        ("dataset", "workers", "gpu", "device_type", "device_name", "devices", "onednn", "version", "python_version")
         + ("tensorflow_version", "tf_keras_version", "ray_version"),
     ),
     "mnist_train_run_start_timestamp_seconds": ("Unix time the run (as seen by this process) started.", ()),
@@ -197,6 +197,7 @@ class WorkerMetrics:
             "device_type": str(device["type"]),
             "device_name": str(device["name"]),
             "devices": str(device["count"]),
+            "onednn": str(device.get("onednn")).lower(),
             **{f"{k}_version" if k != "mnist_train" else "version": v for k, v in versions().items()},
         }
         self._m["mnist_train_info"].labels(**self._ids, **info).set(1)

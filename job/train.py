@@ -26,8 +26,8 @@ log = logging.getLogger("mnist-train")
 
 # Every process that may import TensorFlow needs these before it does (see job/__init__.py).
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-# TensorFlow's logging settings: the user's, where set in the driver's environment, reach every worker.
-USER_TF_ENV = ("TF_CPP_MIN_LOG_LEVEL", "TF_CPP_VMODULE")
+# TensorFlow's logging and oneDNN settings: the driver's (the user's where set) reach every worker.
+USER_TF_ENV = ("TF_CPP_MIN_LOG_LEVEL", "TF_CPP_VMODULE", "TF_ENABLE_ONEDNN_OPTS")
 
 
 def worker_env() -> dict[str, str]:

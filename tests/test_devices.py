@@ -57,6 +57,32 @@ def test_one_worker_on_one_device_trains_under_the_default_strategy_without_the_
     assert found["train"] == [False] and found["test"] == [False]
 
 
+ONEDNN_PROBE = """
+import json, os
+import job
+import numpy as np, tensorflow as tf
+from job import devices
+
+x = np.random.default_rng(0).random((8, 28, 28, 32), dtype=np.float32)
+out = tf.nn.conv2d(x, np.ones((3, 3, 32, 4), dtype=np.float32), 1, "SAME")
+print(json.dumps({"onednn": devices.describe([])["onednn"], "shape": out.shape.as_list(),
+                  "env": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}))
+"""
+
+
+def test_the_job_runs_tensorflow_on_onednn_unless_the_user_turned_it_off(monkeypatch) -> None:
+    """On by default, whatever TensorFlow would pick for this CPU; a user's TF_ENABLE_ONEDNN_OPTS wins, and a
+    convolution runs either way (the speed per model is bench/onednn.py's)."""
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    on = probe(ONEDNN_PROBE)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    off = probe(ONEDNN_PROBE)
+    # The job sets it, so the CPUs where TensorFlow would leave oneDNN off (no AVX-512 VNNI/BF16, no AMX) get it too.
+    assert (on["env"], off["env"]) == ("1", "0")
+    assert on["onednn"] is True and off["onednn"] is False, (on, off)
+    assert on["shape"] == off["shape"] == [8, 28, 28, 4]
+
+
 MEMORY_PROBE = """
 import json, types
 import numpy as np, psutil, tensorflow as tf

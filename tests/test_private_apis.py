@@ -27,6 +27,8 @@ PRIVATE = [
      "the workers' forwarded output: the job's lines to the console, the rest to the run log"),
     ("tensorflow.python.data.ops.multi_device_iterator_ops", "_create_device_dataset", "job/devices.py",
      "MWMS's per-device datasets without tf.data's autotuner (fit returned 19 s after the other worker's)"),
+    ("tensorflow.python.util._pywrap_util_port", "IsMklEnabled", "job/devices.py",
+     "whether oneDNN is on in the process, for results.json and mnist_train_info (TensorFlow decides per CPU)"),
     ("ray.train.v2._internal.execution.train_fn_utils", "LocalTrainFnUtils", "job/inprocess.py",
      "--workers 0: Ray Train's local mode, with its checkpoints persisted for resume"),
     ("ray.train.v2._internal.execution.train_fn_utils", "set_train_fn_utils", "job/inprocess.py",
