@@ -264,9 +264,11 @@ def check_cluster(s: Session, args: argparse.Namespace) -> dict[str, Any]:
     workers and the submitter; a worker SIGKILLed after the first checkpoint and replaced; Prometheus scrapes them."""
     endpoint = f"http://{s.gateway}:{s.s3_port}" if getattr(s, "s3_port", None) else s.start_s3()
     host_paths: dict[str, str] = {}
-    # The chart's defaults but for the image, the storage and the data. gpu.enabled is off too: the defaults ask for
-    # a GPU per worker and the job refuses to train on CPU with --gpu (no GPU here).
+    # The chart's defaults but for the image, the storage and the data. gpu.enabled is off too, unless
+    # --chart-defaults: the defaults ask for a GPU per worker, and on a machine without one the job must refuse.
     extra: dict[str, Any] = {"train": {"outputBase": f"s3://{BUCKET}/runs", "dataset": "mnist-sample"}}
+    if args.chart_defaults:
+        extra["gpu"] = {}  # the chart's own gpu values
     if args.data_uri:  # the chart takes data from object storage only (s3://, gs://): copy it into the bucket
         fs = s.filesystem()
         for path in sorted(Path(args.data_uri).iterdir()):
@@ -323,6 +325,8 @@ def check_cluster(s: Session, args: argparse.Namespace) -> dict[str, Any]:
     start = time.monotonic()
     s.containers.append(submitter)
     podman(*argv)
+    if args.chart_defaults:
+        return _expect_gpu_refusal(s, submitter, start, args, report)
     output = spec["entrypoint"].split("--output ", 1)[1].split()[0].removeprefix("s3://")
     snapshot = f"{output}/checkpoints/{extra['train']['runName']}/checkpoint_manager_snapshot.json"
     while not s.filesystem().get_file_info(snapshot).size:
@@ -365,6 +369,28 @@ def check_cluster(s: Session, args: argparse.Namespace) -> dict[str, Any]:
     log(f"cluster: {json.dumps(report)}")
     if code != 0 or results["status"] != "succeeded" or results["workers"] != 2:
         raise SystemExit(f"cluster: the run did not end complete with 2 workers (submitter exit {code})")
+    return report
+
+
+def _expect_gpu_refusal(
+    s: Session, submitter: str, start: float, args: argparse.Namespace, report: dict[str, Any]
+) -> dict[str, Any]:
+    """With the chart's defaults each worker pod asks for a GPU, so KubeRay's `ray start` declares one; here there is
+    none for TensorFlow, and the job must say so in one line and fail, before anything trains."""
+    while (code := _exited(submitter)) is None:
+        if time.monotonic() - start > args.timeout:
+            raise SystemExit("cluster --chart-defaults: the submitter still runs after the timeout")
+        time.sleep(2)
+    logs = podman("logs", submitter, check=False)
+    text = logs.stdout + logs.stderr
+    Path(args.report_dir, "submitter-chart-defaults.log").write_text(text)
+    errors = [line[line.index("mnist-train: error:") :] for line in text.splitlines() if "mnist-train: error:" in line]
+    trained = [line for line in text.splitlines() if " epoch " in line and "/" in line]
+    report |= {"submitter_exit": code, "wall_s": round(time.monotonic() - start, 1), "errors": errors,
+               "epoch_lines": len(trained)}  # fmt: skip
+    log(f"cluster --chart-defaults: {json.dumps(report)}")
+    if code == 0 or len(set(errors)) != 1 or "TensorFlow sees no GPU" not in errors[0] or trained:
+        raise SystemExit(f"cluster --chart-defaults: expected the job's one GPU refusal, got exit {code}: {errors}")
     return report
 
 
@@ -504,6 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--haproxy", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--cluster-set", action="append", default=[], metavar="KEY=VALUE",
                         help="train.KEY=VALUE for the cluster step's chart values (e.g. epochs=2)")  # fmt: skip
+    parser.add_argument("--chart-defaults", action="store_true",
+                        help="cluster: keep the chart's GPU values (a GPU per worker); without a GPU, the run must "
+                        "end with the job's one-line refusal")  # fmt: skip
     parser.add_argument("train_args", nargs="*", help="extra `mnist-train train` flags (after --)")
     args = parser.parse_args(argv)
     if shutil.which("podman") is None:
