@@ -25,8 +25,10 @@ def test_results_json_holds_the_run_and_its_provenance(sample_run) -> None:
     assert set(results["versions"]) >= {"tensorflow", "tf_keras", "ray", "python", "mnist_train"}
     assert results["versions"]["ray"] == "2.60.0" and results["versions"]["tf_keras"].startswith("2.21")
     assert list(results["models"]) == ["mlp", "cnn", "large_cnn"]
-    # What TensorFlow trained on, per worker: two workers mirror under MWMS with the CPU ring.
-    assert results["models"]["mlp"]["devices"] == {"type": "CPU", "name": "cpu", "count": 1, "collective": "ring"}
+    # What TensorFlow trained on, per worker: two workers mirror under MWMS with the CPU ring, on oneDNN (the job's
+    # default on every CPU).
+    assert results["models"]["mlp"]["devices"] == {"type": "CPU", "name": "cpu", "count": 1, "onednn": True,
+                                                   "collective": "ring"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "large_cnn"])
