@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -326,7 +327,7 @@ def check_cluster(s: Session, args: argparse.Namespace) -> dict[str, Any]:
     s.containers.append(submitter)
     podman(*argv)
     if args.chart_defaults:
-        return _expect_gpu_refusal(s, submitter, start, args, report)
+        return _expect_gpu_refusal(s, submitter, job_id, start, args, report)
     output = spec["entrypoint"].split("--output ", 1)[1].split()[0].removeprefix("s3://")
     snapshot = f"{output}/checkpoints/{extra['train']['runName']}/checkpoint_manager_snapshot.json"
     while not s.filesystem().get_file_info(snapshot).size:
@@ -373,10 +374,12 @@ def check_cluster(s: Session, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _expect_gpu_refusal(
-    s: Session, submitter: str, start: float, args: argparse.Namespace, report: dict[str, Any]
+    s: Session, submitter: str, job_id: str, start: float, args: argparse.Namespace, report: dict[str, Any]
 ) -> dict[str, Any]:
     """With the chart's defaults each worker pod asks for a GPU, so KubeRay's `ray start` declares one; here there is
-    none for TensorFlow, and the job must say so in one line and fail, before anything trains."""
+    none for TensorFlow, and the job must say so in one line and fail, before anything trains. The submitter's
+    `ray job logs --follow` exits 0 either way: KubeRay reads the job's status from the dashboard, which Ray's CLI
+    prints ("Job '<id>' failed", with the entrypoint's exit code)."""
     while (code := _exited(submitter)) is None:
         if time.monotonic() - start > args.timeout:
             raise SystemExit("cluster --chart-defaults: the submitter still runs after the timeout")
@@ -386,11 +389,16 @@ def _expect_gpu_refusal(
     Path(args.report_dir, "submitter-chart-defaults.log").write_text(text)
     errors = [line[line.index("mnist-train: error:") :] for line in text.splitlines() if "mnist-train: error:" in line]
     trained = [line for line in text.splitlines() if " epoch " in line and "/" in line]
-    report |= {"submitter_exit": code, "wall_s": round(time.monotonic() - start, 1), "errors": errors,
+    status = re.search(rf"Job '{job_id}' (failed|succeeded|stopped)", text)
+    message = re.search(r"Status message: (.*?)(, last available logs|$)", text, re.MULTILINE)
+    report |= {"submitter_exit": code, "wall_s": round(time.monotonic() - start, 1), "errors": sorted(set(errors)),
+               "job_status": status and status[1], "status_message": message and message[1],
                "epoch_lines": len(trained)}  # fmt: skip
     log(f"cluster --chart-defaults: {json.dumps(report)}")
-    if code == 0 or len(set(errors)) != 1 or "TensorFlow sees no GPU" not in errors[0] or trained:
-        raise SystemExit(f"cluster --chart-defaults: expected the job's one GPU refusal, got exit {code}: {errors}")
+    if not status or status[1] != "failed" or len(set(errors)) != 1 or "TensorFlow sees no GPU" not in errors[0]:
+        raise SystemExit(f"cluster --chart-defaults: expected a failed job and the one GPU refusal: {report}")
+    if trained:
+        raise SystemExit(f"cluster --chart-defaults: {len(trained)} epochs trained before the refusal")
     return report
 
 
