@@ -74,6 +74,15 @@ def test_run_survives_a_killed_worker_and_resumes_from_its_checkpoint(killed: Ki
           f"kill->end {killed.kill_to_end_s:.1f}s, wall {killed.run.seconds:.0f}s")  # fmt: skip
 
 
+def test_the_optimizers_step_counter_carries_on_from_the_checkpoint(killed: KilledRun) -> None:
+    """Restored under MWMS with the weights: restarted from zero it would end at (EPOCHS - resumed epoch) x steps, and
+    a schedule on it (deep_bn_cnn's one-cycle, test_deep_bn_cnn_run.py) would start its cycle over."""
+    import tf_keras
+
+    model = tf_keras.models.load_model(killed.output / "mlp" / "model.keras")
+    assert int(model.optimizer.iterations) == EPOCHS * (4000 // 200)  # the sample's 4,000 digits, batch 200
+
+
 def test_history_has_every_epoch_once_and_a_normal_error(killed: KilledRun) -> None:
     results = json.loads((killed.output / "results.json").read_text())
     mlp = results["models"]["mlp"]
