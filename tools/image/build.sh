@@ -17,6 +17,9 @@ mkdir -p "$REPORT_DIR"
 
 work=$(mktemp -d /var/tmp/mnist-build.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+# The builds below leave untagged images (each build replaces the tag; --layers keeps every step): about 40 GB after
+# two runs here. Those that this run made are removed at its end; a user's own untagged images stay.
+podman images --quiet --no-trunc --filter dangling=true | sort >"$work/dangling-before"
 # The build context as the builder sees it: the files .dockerignore lets through (an allow-list), copied so that
 # the job/-only change below never touches the checkout. From the commit (HEAD), so that the image is what GIT_SHA
 # names; WORKTREE=1 (or no git) takes the working tree instead, uncommitted changes included.
@@ -98,3 +101,7 @@ for flavour in "${flavours[@]}"; do
         grep -h 'pins.py: kept' "$REPORT_DIR/build-$flavour.log" | sort -u | sed 's/^/  /' || true
     } | tee "$report"
 done
+
+podman images --quiet --no-trunc --filter dangling=true | sort | comm -13 "$work/dangling-before" - >"$work/made"
+xargs --no-run-if-empty podman rmi --force <"$work/made" >/dev/null 2>&1 || true
+log "removed the $(wc -l <"$work/made") untagged images these builds left"
