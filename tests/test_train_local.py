@@ -25,10 +25,11 @@ def test_results_json_holds_the_run_and_its_provenance(sample_run) -> None:
     assert set(results["versions"]) >= {"tensorflow", "tf_keras", "ray", "python", "mnist_train"}
     assert results["versions"]["ray"] == "2.60.0" and results["versions"]["tf_keras"].startswith("2.21")
     assert list(results["models"]) == ["mlp", "cnn", "large_cnn"]
-    # What TensorFlow trained on, per worker: two workers mirror under MWMS with the CPU ring, on oneDNN (the job's
-    # default on every CPU).
-    assert results["models"]["mlp"]["devices"] == {"type": "CPU", "name": "cpu", "count": 1, "onednn": True,
-                                                   "collective": "ring"}  # fmt: skip
+    # What TensorFlow trained on, per worker: two workers mirror under MWMS with the CPU ring; whether on oneDNN
+    # (its value is test_devices.py's: it depends on the TensorFlow build).
+    devices = results["models"]["mlp"]["devices"]
+    assert devices == {"type": "CPU", "name": "cpu", "count": 1, "onednn": devices["onednn"], "collective": "ring"}
+    assert isinstance(devices["onednn"], bool)
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "large_cnn"])
