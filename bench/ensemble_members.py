@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import fmt
+from benchlib import fmt, save_runs
 from benchlib.machine import headline, machine, wait_quiet
 from benchlib.processes import job_env
 
@@ -81,9 +81,7 @@ def main() -> None:
         r["wall_s"] for r in runs["parallel"]
     )
     print(f"sequential / parallel wall: {ratio:.2f}x")
-    if args.json:
-        args.json.write_text(json.dumps({"machine": info, "args": vars(args) | {"json": str(args.json)}, "runs": runs},
-                                        indent=1))  # fmt: skip
+    save_runs(args, info, runs)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import fmt
+from benchlib import fmt, save_runs
 from benchlib.machine import headline, machine, wait_quiet
 from benchlib.processes import job_env
 
@@ -73,9 +73,7 @@ def main() -> None:
         errors = {w: ", ".join(f"{r['error_percent']:.2f}%" for r in ways[w]) for w in WAYS}
         speeds = f"{fmt(off, '.2f')} | {fmt(on, '.2f')} | {off / on:.2f}x"
         print(f"| {model} | {speeds} | {errors['off']} | {errors['default']} |")
-    if args.json:
-        args.json.write_text(json.dumps({"machine": info, "args": vars(args) | {"json": str(args.json)}, "runs": runs},
-                                        indent=1))  # fmt: skip
+    save_runs(args, info, runs)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -16,3 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 def fmt(value: float | None, spec: str) -> str:
     """A figure in a table, "-" where there is none."""
     return "-" if value is None else format(value, spec)
+
+
+def save_runs(args: argparse.Namespace, info: dict[str, str], runs: object) -> None:
+    """With --json PATH: the machine, the benchmark's arguments and its runs, as JSON."""
+    if args.json:
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        args.json.write_text(json.dumps({"machine": info, "args": settings, "runs": runs}, indent=1))
