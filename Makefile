@@ -20,7 +20,7 @@ test-deps:
 	tools/install-test-deps.sh
 
 # Two test processes, a test file each at a time (module fixtures start once): the suite waits on Ray, servers and
-# subprocesses more than it computes; on 2 cores 742-832 s of tests instead of 974-1,097 s in one (docs/development.md).
+# subprocesses more than it computes; on 2 cores 634-641 s of tests instead of 974-1,097 s in one (docs/development.md).
 TEST_PROCESSES ?= 2
 test: setup test-deps
 	$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile $(ARGS)

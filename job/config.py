@@ -146,7 +146,7 @@ class TrainConfig:
                     f"{name}'s default global batch {RECIPES[name].batch_size} does not split evenly over "
                     f"{self.workers} workers; pass --batch-size with a multiple of {self.workers}"
                 )
-            if self.recipe(name).batch_size % self.group_workers:
+            if self.member_groups > 1 and self.recipe(name).batch_size % self.group_workers:
                 what = "--batch-size" if self.batch_size else f"{name}'s default global batch"
                 raise ConfigError(
                     f"{what} {self.recipe(name).batch_size} does not split evenly over the {self.group_workers} "

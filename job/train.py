@@ -149,9 +149,9 @@ def _fit_member_groups(config: TrainConfig, loop_config: dict[str, Any]) -> Any:
     ]  # fmt: skip
     done, _ = wait(runs, return_when=FIRST_EXCEPTION)
     pool.shutdown(wait=False, cancel_futures=True)
-    failed = next((run for run in runs if run in done and run.exception()), None)
-    if failed:
-        raise failed.exception()  # the other groups stop with the local Ray, or with this driver on a cluster
+    for run in done:
+        if run.exception():
+            raise run.exception()  # the other groups stop with the local Ray, or with this driver on a cluster
     return _merge_members([run.result() for run in runs], storage.join(folder, "merged"))
 
 
