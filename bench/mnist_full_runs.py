@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import REPO
+from benchlib.perturb import ROTATION_DEG, SHIFT_PX
+from benchlib.perturb import SEED as PERTURB_SEED
 from benchlib.processes import job_env
 from benchlib.tutorial import bench_figures, tutorial_scripts
 
 TUTORIAL_MODELS = ("mlp", "cnn", "large_cnn")
 DEEP = "deep_bn_cnn"
 SEEDS = 3
-ROTATION_DEG, SHIFT_PX, PERTURB_SEED = 10.0, 2.0, 0
 JOB_RUNS = {  # name -> the job's flags beyond --output, --run-name and --data-uri
     "deep-0w": ["--models", DEEP, "--ensemble", str(SEEDS)],
     "job-0w": ["--models", ",".join(TUTORIAL_MODELS), "--workers", "0"],
@@ -148,18 +149,13 @@ def run_resume(out: Path, data_uri: str, env: dict[str, str]) -> dict[str, Any]:
 
 
 PERTURB = """
-import io, sys
+import sys
 import numpy as np
-from PIL import Image
+sys.path.insert(0, BENCH)
+from benchlib.perturb import perturb
 from job.data import load
 d = load("mnist", DATA_URI)
-rng = np.random.default_rng(SEED)
-angles = rng.uniform(-DEG, DEG, len(d.x_test))
-shifts = rng.uniform(-PX, PX, (len(d.x_test), 2))
-def moved(x, angle, shift):
-    image = Image.fromarray(x).rotate(angle, resample=Image.BILINEAR, translate=tuple(shift), fillcolor=0)
-    return np.asarray(image)
-x = np.stack([moved(x, a, s) for x, a, s in zip(d.x_test, angles, shifts)])
+x = perturb(d.x_test, SEED, DEG, PX)
 np.savez_compressed(OUT, x_train=d.x_train, y_train=d.y_train, x_test=x, y_test=d.y_test)
 """
 
@@ -168,7 +164,7 @@ def run_robust(workdir: Path, out: Path, data_uri: str, env: dict[str, str]) -> 
     """Write the perturbed test set once; evaluate every model deep-0w and job-0w saved, clean and perturbed."""
     npz = out / "mnist-perturbed.npz"
     values = {"DATA_URI": repr(data_uri), "SEED": str(PERTURB_SEED), "DEG": str(ROTATION_DEG), "PX": str(SHIFT_PX),
-              "OUT": repr(str(npz))}  # fmt: skip
+              "OUT": repr(str(npz)), "BENCH": repr(str(REPO / "bench"))}  # fmt: skip
     script = PERTURB
     for key, value in values.items():
         script = script.replace(key, value)
