@@ -304,6 +304,11 @@ def _print_plan(config: TrainConfig, dataset: Dataset) -> None:
         f"output {storage.redact(config.output)}",
         flush=True,
     )
+    if config.member_groups > 1 and (idle := config.workers - config.member_groups * config.group_workers):
+        log.warning(
+            "%d of the %d workers stay idle (%d member groups of %d); pass --workers a multiple of %d",
+            *(idle, config.workers, config.member_groups, config.group_workers, config.member_groups),
+        )
     for batch_size in sorted({config.recipe(name).batch_size for name in config.models}):
         dropped = len(dataset.y_train) % batch_size
         if dropped:

@@ -115,6 +115,22 @@ def test_ensemble_members_train_at_once_in_one_worker_group_per_member_up_to_one
         TrainConfig(address="10.0.0.1:6379", workers=5, ensemble=2, batch_size=5)
 
 
+def test_workers_that_no_member_group_gets_are_named_with_the_fix(capsys, caplog) -> None:
+    from job.data import load
+    from job.train import _print_plan
+
+    sample = load("mnist-sample")
+    for workers, idle in ((4, 1), (6, 0)):
+        caplog.clear()
+        config = cli.parse(["train", "--models", "cnn", "--ensemble", "3", "--workers", str(workers),
+                            "--address", "10.0.0.1:6379", "--batch-size", "240"])  # fmt: skip
+        _print_plan(config, sample)
+        assert f"members train at once in 3 groups of {workers // 3} worker" in capsys.readouterr().out
+        warned = [r.getMessage() for r in caplog.records if "idle" in r.getMessage()]
+        expected = ["1 of the 4 workers stay idle (3 member groups of 1); pass --workers a multiple of 3"]
+        assert warned == (expected if idle else [])
+
+
 def test_every_flag_has_a_documented_env_twin() -> None:
     parser = cli.build_parser()
     for sub in parser._subparsers._group_actions[0].choices.values():
