@@ -34,13 +34,13 @@ def test_resume_compares_what_each_model_trains_with_not_how_it_was_spelled(tmp_
     config = TrainConfig(output=str(tmp_path), run_name="r1", models=("mlp", "deep_bn_cnn"))  # the recipes' defaults
     artifacts.claim_run(config, sample)
     recorded = json.loads((tmp_path / "checkpoints" / "r1" / artifacts.RUN_SETTINGS).read_text())
-    assert recorded["epochs"] == {"mlp": 10, "deep_bn_cnn": 20}
+    assert recorded["epochs"] == {"mlp": 10, "deep_bn_cnn": 40}
     assert recorded["batch_size"] == {"mlp": 200, "deep_bn_cnn": 120}
-    with pytest.raises(ConfigError, match=r"epochs \{'mlp': 10, 'deep_bn_cnn': 20\} -> 30"):
+    with pytest.raises(ConfigError, match=r"epochs \{'mlp': 10, 'deep_bn_cnn': 40\} -> 30"):
         artifacts.claim_run(TrainConfig(output=str(tmp_path), run_name="r1", models=config.models, epochs=30), sample)
     artifacts.claim_run(TrainConfig(output=str(tmp_path / "b"), run_name="r2", models=("deep_bn_cnn",)), sample)
     restated = TrainConfig(
-        output=str(tmp_path / "b"), run_name="r2", models=("deep_bn_cnn",), epochs=20, batch_size=120
+        output=str(tmp_path / "b"), run_name="r2", models=("deep_bn_cnn",), epochs=40, batch_size=120
     )
     artifacts.claim_run(restated, sample)  # the same training, spelled out: resumes
 

@@ -73,7 +73,7 @@ def test_env_twins_give_the_same_config_as_flags(monkeypatch) -> None:
 def test_each_model_trains_with_its_own_recipe_unless_flags_say_otherwise(monkeypatch) -> None:
     config = parse(["train", "--models", "mlp,deep_bn_cnn", "--workers", "2"])
     assert (config.for_model("mlp").epochs, config.for_model("mlp").batch_size) == (10, 200)
-    assert (config.for_model("deep_bn_cnn").epochs, config.for_model("deep_bn_cnn").batch_size) == (20, 120)
+    assert (config.for_model("deep_bn_cnn").epochs, config.for_model("deep_bn_cnn").batch_size) == (40, 120)
     assert config.for_model("deep_bn_cnn").batch_size // config.workers == 60
     explicit = parse(["train", "--models", "mlp,deep_bn_cnn", "--epochs", "4", "--batch-size", "60"])
     assert {(explicit.recipe(n).epochs, explicit.recipe(n).batch_size) for n in explicit.models} == {(4, 60)}
@@ -81,7 +81,7 @@ def test_each_model_trains_with_its_own_recipe_unless_flags_say_otherwise(monkey
     by_env = parse(["train", "--models", "deep_bn_cnn"], monkeypatch, {"MNIST_TRAIN_EPOCHS": "5"})
     assert by_env.recipe("deep_bn_cnn").epochs == 5
     empty_env = parse(["train", "--models", "deep_bn_cnn"], monkeypatch, {"MNIST_TRAIN_EPOCHS": ""})
-    assert empty_env.epochs is None and empty_env.recipe("deep_bn_cnn").epochs == 20
+    assert empty_env.epochs is None and empty_env.recipe("deep_bn_cnn").epochs == 40
 
 
 def test_an_ensemble_trains_seeded_members_then_writes_their_average(monkeypatch) -> None:
