@@ -16,7 +16,8 @@ Runs, one after the other, each as subprocesses, longest-needed first:
 - `peak`: the FLOP of each model (TensorFlow's profiler on its forward graph) and this machine's float32 matmul
   GFLOP/s, the yardstick for the GFLOP/s the training runs reach.
 
-Runs last long (deep-0w 35 min on 2 cores, all of them 1.5 h), so the invocation can be stopped and started again with
+Runs last long (at deep_bn_cnn's former default of 20 epochs: deep-0w 35 min on 2 cores, all of them 1.5 h; its deep
+runs take twice that at today's 40), so the invocation can be stopped and started again with
 the same --workdir: a finished run is read back from its `bench.json`; a job run that was cut off is resumed by the job
 itself (same --output and --run-name) and marked `resumed`, its wall and time-to-accuracy no longer one sitting's.
 """
