@@ -306,7 +306,7 @@ def _print_plan(config: TrainConfig, dataset: Dataset) -> None:
     )
     if config.member_groups > 1 and (idle := config.workers - config.member_groups * config.group_workers):
         log.warning(
-            "%d of the %d workers stay idle (%d member groups of %d); pass --workers a multiple of %d",
+            "%d of %d workers idle: %d member groups of %d; pass --workers a multiple of %d",
             *(idle, config.workers, config.member_groups, config.group_workers, config.member_groups),
         )
     for batch_size in sorted({config.recipe(name).batch_size for name in config.models}):

@@ -127,7 +127,7 @@ def test_workers_that_no_member_group_gets_are_named_with_the_fix(capsys, caplog
         _print_plan(config, sample)
         assert f"members train at once in 3 groups of {workers // 3} worker" in capsys.readouterr().out
         warned = [r.getMessage() for r in caplog.records if "idle" in r.getMessage()]
-        expected = ["1 of the 4 workers stay idle (3 member groups of 1); pass --workers a multiple of 3"]
+        expected = ["1 of 4 workers idle: 3 member groups of 1; pass --workers a multiple of 3"]
         assert warned == (expected if idle else [])
 
 
