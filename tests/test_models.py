@@ -65,7 +65,7 @@ def test_tutorial_models_keep_the_tutorials_recipe() -> None:
 
 def test_deep_bn_cnn_learning_rate_is_one_cycle_over_the_whole_run() -> None:
     recipe = RECIPES["deep_bn_cnn"]
-    assert (recipe.epochs, recipe.batch_size, recipe.augment, recipe.schedule) == (20, 120, True, "one-cycle")
+    assert (recipe.epochs, recipe.batch_size, recipe.augment, recipe.schedule) == (40, 120, True, "one-cycle")
     steps = 50
     total, warmup = steps * recipe.epochs, int(steps * recipe.epochs * recipe.warmup)
     optimizer = models.build("deep_bn_cnn", steps_per_epoch=steps).optimizer

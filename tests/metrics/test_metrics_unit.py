@@ -103,7 +103,7 @@ def test_epochs_planned_follow_each_models_recipe(tmp_path: Path) -> None:
             worker.record_epoch(name, {"epoch": 1, "loss": 1.0, "seconds": 0.1}, local_examples=64)
         text = scrape(worker)
         assert value(text, "mnist_train_epochs_planned", model="mlp") == 10
-        assert value(text, "mnist_train_epochs_planned", model="deep_bn_cnn") == 20
+        assert value(text, "mnist_train_epochs_planned", model="deep_bn_cnn") == 40
     finally:
         worker.close()
 
