@@ -36,7 +36,6 @@ from job.evaluate import load_model, read_model  # noqa: E402
 
 SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 TURNS = (5.0, -5.0)
-BATCH = 1000
 
 
 def shifted(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -58,13 +57,14 @@ def views(x: np.ndarray) -> dict[str, list[np.ndarray]]:
     return {"none": moved[:1], "shift": moved, "shift+turn": moved + [turned(x, d) for d in TURNS]}
 
 
-def scaled(x: np.ndarray, model) -> np.ndarray:
-    return (x.astype(np.float32) / 255.0).reshape((-1, *model.input_shape[1:]))
-
-
 def probabilities(model, x: np.ndarray) -> np.ndarray:
-    inputs = scaled(x, model)
-    return np.concatenate([model(inputs[i : i + BATCH], training=False).numpy() for i in range(0, len(x), BATCH)])
+    from job import models
+
+    return models.predict(model, models.features(x, model))
+
+
+def error_percent(probs: np.ndarray, y: np.ndarray) -> float:
+    return round(float((probs.argmax(axis=1) != y).mean() * 100), 2)
 
 
 def recomputed_bn(model, x_train: np.ndarray):
@@ -72,16 +72,18 @@ def recomputed_bn(model, x_train: np.ndarray):
     layer computed with the layers before it already recomputed."""
     import tf_keras as keras
 
+    from job import models
+
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
-    inputs = scaled(x_train, copy)
+    inputs = models.features(x_train, copy)
     for layer in copy.layers:
         if not isinstance(layer, keras.layers.BatchNormalization):
             continue
         head = keras.Model(copy.inputs, layer.input)
         total, squares, count = 0.0, 0.0, 0
-        for i in range(0, len(inputs), BATCH):
-            a = head(inputs[i : i + BATCH], training=False).numpy().astype(np.float64)
+        for i in range(0, len(inputs), models.EVAL_BATCH):
+            a = head(inputs[i : i + models.EVAL_BATCH], training=False).numpy().astype(np.float64)
             a = a.reshape(-1, a.shape[-1])
             total, squares, count = total + a.sum(axis=0), squares + (a * a).sum(axis=0), count + len(a)
         mean = total / count
@@ -111,12 +113,8 @@ def member_probabilities(model, x_train: np.ndarray, sets: dict) -> tuple[dict, 
 
 def errors(probs: dict, y: np.ndarray) -> dict:
     """{variant: {"<set> <view>": error %}}."""
-
-    def error(p: np.ndarray) -> float:
-        return round(float((p.argmax(axis=1) != y).mean() * 100), 2)
-
     return {
-        variant: {f"{s} {v}": error(p) for s, by in sets.items() for v, p in by.items()}
+        variant: {f"{s} {v}": error_percent(p, y) for s, by in sets.items() for v, p in by.items()}
         for variant, sets in probs.items()
     }
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from benchlib import REPO
-from post_training import probabilities, recomputed_bn
+from post_training import error_percent, probabilities, recomputed_bn
 
 sys.path.insert(0, str(REPO))
 from job.checkpoint import CURRENT, MODEL_FILE, STATE_FILE  # noqa: E402
@@ -72,7 +72,7 @@ def score(args: argparse.Namespace) -> None:
         return [w.copy() for w in model.get_weights()]
 
     def error(m) -> float:
-        return round(float((probabilities(m, data.x_test).argmax(axis=1) != data.y_test).mean() * 100), 2)
+        return error_percent(probabilities(m, data.x_test), data.y_test)
 
     for k in args.last:
         stack = [weights(e) for e in range(last - k + 1, last + 1)]

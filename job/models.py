@@ -173,9 +173,14 @@ def load(path: Path) -> keras.Model:
     return keras.models.load_model(path)
 
 
+def predict(model: keras.Model, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    """Class probabilities of every example (x as `features` gives it), in inference mode, `batch` at a time."""
+    return np.concatenate([model(x[i : i + batch], training=False).numpy() for i in range(0, len(x), batch)])
+
+
 def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH) -> tuple[float, float]:
     """Test loss and error (0-1) on every example. Under MWMS every worker must call it when the model has batch norm:
     reading the moving statistics averages them over the workers (a collective)."""
-    probs = np.concatenate([model(x[i : i + batch], training=False).numpy() for i in range(0, len(x), batch)])
+    probs = predict(model, x, batch)
     picked = np.clip(probs[np.arange(len(y)), y.astype(np.int64)], 1e-7, 1.0)
     return float(-np.log(picked).mean()), float((probs.argmax(axis=1) != y).mean())
